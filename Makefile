@@ -1,0 +1,40 @@
+# The course's commands. Each target creates .venv (Python >= 3.10 with venv) on first use.
+#   make train   the main job: train FCOS on the bundled offline dataset (CPU, minutes)
+#   make test    every check: unit tests, pairing, export, and all notebooks under strict nbval
+#   make regen   re-execute every notebook in place (offline, seeded) to refresh stored outputs
+#   make export  rewrite fcos_lib/ from the notebooks' `#| export` cells
+#   make bench   run the benchmarks in bench/
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install train test regen export bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m fcos_lib train $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest --nbval -n 2 --dist loadfile -q
+
+regen: $(STAMP)
+	$(PY) tools/export.py
+	$(PY) tools/regen.py $(NB)
+
+export: $(STAMP)
+	$(PY) tools/export.py
+
+bench: $(STAMP)
+	for f in bench/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
