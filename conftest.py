@@ -8,4 +8,3 @@ full recipe (e.g. on a GPU with internet).
 import os
 
 os.environ.setdefault("FCOS_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")

@@ -26,7 +26,7 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def regen(script: Path, timeout: int) -> tuple[Path, str | None]:
     ipynb = script.with_suffix(".ipynb")
-    env = {**os.environ, "FCOS_OFFLINE": "1", "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "FCOS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
     steps = [
         [sys.executable, "-m", "jupytext", "--sync", str(script)],
         [
