@@ -620,16 +620,56 @@ def read_class_names(root, split: str = "trainval") -> list[str]:
     return sorted(names)
 
 
-def _read_image(path: Path) -> torch.Tensor:
-    """Decode an image file to (3, H, W) uint8 RGB."""
+def load_image(path) -> Image.Image:
+    """Open an image file as an RGB PIL image, with a clear error for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"image {path} does not exist; check the path")
     try:
         with Image.open(path) as im:
-            return v2.functional.pil_to_tensor(im.convert("RGB"))
+            return im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unreadable/truncated files
         raise DatasetError(
             f"cannot read image {path} ({type(err).__name__}: {err}); re-export or replace the file, "
             "or remove its id from the split file"
         ) from err
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    """Decode an image file to (3, H, W) uint8 RGB."""
+    return v2.functional.pil_to_tensor(load_image(path))
+
+
+def _resize_longest(image, boxes, S: int):
+    """Scale the longest side to S, keeping the aspect ratio; boxes move with the pixels."""
+    return v2.Resize(size=None, max_size=S)(image, boxes)
+
+
+def _pad_square(image, boxes, S: int):
+    """Pad the bottom and right to S x S with the ImageNet mean; boxes are unchanged."""
+    h, w = image.shape[-2:]
+    return v2.Pad([0, 0, S - w, S - h], fill={tv_tensors.Image: _PAD_FILL, "others": 0})(image, boxes)
+
+
+def letterbox(image, image_size: int) -> tuple[torch.Tensor, dict]:
+    """Letterbox one image exactly as VOCDataset does, for inference on image files.
+
+    Args:
+        image: a PIL image or a (3, H, W) uint8 tensor.
+        image_size: S, a multiple of 32.
+    Returns:
+        (3, S, S) float32 image in [0, 1], and a dict with orig_size (H, W) and resized_size
+        (h, w) that `boxes_to_original` accepts.
+    """
+    tensor = v2.functional.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+    if tensor.ndim != 3 or tensor.shape[0] != 3 or tensor.shape[-1] < 1 or tensor.shape[-2] < 1:
+        raise DatasetError(f"image must be RGB (3, H, W) with H, W >= 1, got shape {tuple(tensor.shape)}")
+    no_boxes = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=tuple(tensor.shape[-2:]))
+    resized, _ = _resize_longest(tv_tensors.Image(tensor), no_boxes, image_size)
+    h, w = resized.shape[-2:]
+    padded, _ = _pad_square(resized, no_boxes, image_size)
+    meta = {"orig_size": tuple(tensor.shape[-2:]), "resized_size": (int(h), int(w))}
+    return v2.functional.to_dtype(padded.as_subclass(torch.Tensor), torch.float32, scale=True), meta
 
 
 class VOCDataset(Dataset):
@@ -700,10 +740,14 @@ class VOCDataset(Dataset):
                 f"annotation's <size> says {ann['size'][1]} x {ann['size'][0]}; fix the <size> or re-export"
             )
         boxes = tv_tensors.BoundingBoxes(ann["boxes"], format="XYXY", canvas_size=ann["size"])
-        return v2.Resize(size=None, max_size=self.image_size)(tv_tensors.Image(image), boxes)
+        return _resize_longest(tv_tensors.Image(image), boxes, self.image_size)
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def image_path(self, i: int) -> Path:
+        """The image file of item i."""
+        return self.annotations[i]["image_path"]
 
     def __getitem__(self, i: int):
         image, boxes = self._cache[i] if self._cache is not None else self._load_resized(i)
@@ -711,7 +755,7 @@ class VOCDataset(Dataset):
             image, boxes = self._flip(image, boxes)
         h, w = image.shape[-2:]
         S = self.image_size
-        image, boxes = v2.Pad([0, 0, S - w, S - h], fill={tv_tensors.Image: _PAD_FILL, "others": 0})(image, boxes)
+        image, boxes = _pad_square(image, boxes, S)
         ann = self.annotations[i]
         target = {
             "boxes": boxes.as_subclass(torch.Tensor).float() + 0.0,  # (N, 4); + 0.0 turns a flipped -0. into 0.
@@ -816,12 +860,36 @@ assert (gt_boxes[3] == -1).all() and (gt_boxes[..., 4] >= -1).all()
 # Dashed boxes are `difficult`.
 
 # %%
+#| export
+def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None, difficult=None, linewidth=1.5):
+    """Draw xyxy boxes on a matplotlib axis, one colour per class (or `color` for all).
+
+    Args:
+        boxes: (K, 4) xyxy in the pixels of the image shown on `ax`.
+        labels: (K,) class indices; with `class_names`, the names are written above the boxes.
+        scores: (K,) optional scores, written after the names.
+        difficult: (K,) optional bool; difficult objects are drawn dashed.
+    """
+    from matplotlib import patches
+    import matplotlib.pyplot as plt
+
+    palette = plt.get_cmap("tab10").colors
+    for k, box in enumerate(torch.as_tensor(boxes).reshape(-1, 4).tolist()):
+        label = None if labels is None else int(labels[k])
+        colour = color or (palette[label % len(palette)] if label is not None else "white")
+        dashed = difficult is not None and bool(difficult[k])
+        ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor=colour,
+                                       linewidth=linewidth, linestyle="--" if dashed else "-"))
+        text = class_names[label] if class_names is not None and label is not None else ""
+        if scores is not None:
+            text = f"{text} {float(scores[k]):.2f}".strip()
+        if text:
+            ax.text(box[0], box[1] - 2, text, color=colour, fontsize=7)
+
+
+# %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
-from matplotlib import patches
-
-CLASS_COLOURS = {"cross": "tab:purple", "ellipse": "tab:red", "rectangle": "tab:blue", "star": "gold",
-                 "triangle": "tab:green"}
 
 
 def show_batch(dataset, indices, cols=4):
@@ -830,13 +898,8 @@ def show_batch(dataset, indices, cols=4):
     for ax, i in zip(axes.flat, indices):
         image, target = dataset[i]
         ax.imshow(image.permute(1, 2, 0).numpy())  # (S, S, 3)
-        for box, label, hard in zip(target["boxes"].tolist(), target["labels"].tolist(),
-                                    target["difficult"].tolist()):
-            name = dataset.class_names[label]
-            colour = CLASS_COLOURS.get(name, "white")
-            ax.add_patch(patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False,
-                                           edgecolor=colour, linewidth=1.5, linestyle="--" if hard else "-"))
-            ax.text(box[0], box[1] - 2, name, color=colour, fontsize=7)
+        draw_boxes(ax, target["boxes"], target["labels"], class_names=dataset.class_names,
+                   difficult=target["difficult"])
         ax.set_title(f"{target['image_id']}  {target['orig_size'][1]}x{target['orig_size'][0]}", fontsize=8)
         ax.axis("off")
     for ax in list(axes.flat)[len(indices):]:
@@ -995,6 +1058,14 @@ assert torch.allclose(image[:, 112:, :] * 255, torch.tensor(_PAD_FILL).float()[:
 xml_minus_offset = torch.tensor([[1 - 1, 1 - 1, 50, 40], [101 - 1, 51 - 1, 200, 100]], dtype=torch.float32)
 assert torch.allclose(boxes_to_original(target["boxes"], target), xml_minus_offset, atol=1e-4)
 print("letterbox round trip exact: True")
+
+# %% [markdown]
+# `letterbox` applies the same resize and padding to a single image file, for inference on
+# images that have no annotation. It must give exactly what the dataset gives:
+
+# %%
+same_image, meta = letterbox(load_image(tiny_set.image_path(0)), 224)
+print(meta, torch.equal(same_image, image))
 
 # %%
 shutil.rmtree(example_dir)
