@@ -1,0 +1,313 @@
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Box deltas: from boxes to regression targets and back
+#
+# Chapter 04 told every location which box it is responsible for. The head's box branch
+# (chapter 02) predicts four numbers per location; FCOS (Tian et al. 2019, §3.1) makes them
+# the **distances from the location to the box's four sides**:
+#
+# `l = x - x1`,  `t = y - y1`,  `r = x2 - x`,  `b = y2 - y`.
+#
+# No anchor box, no width/height: four distances, all positive when the location is inside.
+#
+# **Divided by the stride.** A `p5` box is about 4x larger than a `p3` box (chapter 04's
+# scale ranges), so in pixels the `p5` targets would be 4x larger too, and one shared head
+# would have to output very different ranges per level. The paper handles that with
+# `exp(s_l · x)` and a learnable scale `s_l` per level. We divide the distances by the
+# level's stride instead (as torchvision's FCOS does with `BoxLinearCoder(normalize_by_size=True)`):
+# the targets then lie in the same few units at every level, and the head needs no
+# per-level scale (chapter 02).
+#
+# This chapter builds both directions: **boxes -> deltas** (the training targets) and
+# **deltas -> boxes** (to decode predictions, for the GIoU loss of chapter 07 and for
+# inference in chapter 08).
+
+# %%
+# On Colab, install the course library at the version this notebook was written for.
+import subprocess, sys
+if "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"], check=True)
+
+# %%
+#| default_exp deltas
+
+# %%
+# %matplotlib inline
+import matplotlib.pyplot as plt
+import torch
+from matplotlib import patches
+from torchvision.models.detection._utils import BoxLinearCoder
+
+from fcos_lib.data import VOCDataset, collate_detection, make_course_dataset
+from fcos_lib.locations import get_fpn_location_coords
+from fcos_lib.matching import fcos_match_locations_to_gt
+
+_ = torch.manual_seed(0)
+
+# %% [markdown]
+# ## By hand
+#
+# Chapter 04's example: the `p3` location `(100, 60)` (stride 8) is matched to the box
+# `(90, 50, 120, 70)`. Its distances are
+#
+# `l = 100 - 90 = 10`, `t = 60 - 50 = 10`, `r = 120 - 100 = 20`, `b = 70 - 60 = 10`,
+#
+# and divided by the stride 8: **`(1.25, 1.25, 2.5, 1.25)`**. Going back:
+# `x1 = 100 - 1.25 · 8 = 90`, `y1 = 60 - 1.25 · 8 = 50`, `x2 = 100 + 2.5 · 8 = 120`,
+# `y2 = 60 + 1.25 · 8 = 70`.
+
+# %%
+fig, ax = plt.subplots(figsize=(4.5, 3.3))
+ax.add_patch(patches.Rectangle((90, 50), 30, 20, fill=False, edgecolor="tab:blue", linewidth=2))
+ax.plot(100, 60, "o", color="tab:red")
+for (dx, dy), name in zip([(-10, 0), (0, -10), (20, 0), (0, 10)], "ltrb"):
+    ax.annotate("", xy=(100 + dx, 60 + dy), xytext=(100, 60), arrowprops=dict(arrowstyle="->"))
+    ax.text(100 + dx / 2 + (1 if dx == 0 else 0), 60 + dy / 2 - (1 if dy == 0 else 0), name, fontsize=11)
+ax.set_xlim(85, 125)
+ax.set_ylim(75, 45)  # image coordinates: y grows downwards
+ax.set_aspect("equal")
+ax.set_title("location (100, 60) in box (90, 50, 120, 70)", fontsize=9)
+plt.show()
+
+# %% [markdown]
+# ## Boxes -> deltas, vectorised
+#
+# The matched boxes come from chapter 04 as `(B, L, 5)` (or per level `(B, L_l, 5)`), rows
+# aligned with the locations `(L, 2)`. The deltas are then four subtractions broadcast over
+# the batch, and one division by each location's stride: a number for one level, or an
+# `(L,)` tensor when the levels are concatenated.
+#
+# **Background** rows (all `-1`, from the matching) have no box: their deltas are set to
+# `-1`, an impossible value (real deltas are `> 0`), so later code can tell them apart. The
+# losses only look at foreground rows anyway.
+
+# %%
+#| export
+"""Box deltas: boxes <-> (l, t, r, b) distances from each location, divided by its stride.
+
+Chapter 05 of the course (notebooks/05_deltas.py).
+
+References:
+- FCOS: Tian et al. 2019, "FCOS: Fully Convolutional One-Stage Object Detection", §3.1: the
+  regression targets l* = x - x1, t* = y - y1, r* = x2 - x, b* = y2 - y.
+- Departure from the paper (same as torchvision.models.detection.fcos, which encodes with
+  det_utils.BoxLinearCoder(normalize_by_size=True) on anchors of side = stride): the
+  distances are divided by the level's stride instead of being predicted as exp(s_l * x).
+
+Box contract: (x1, y1, x2, y2) float, absolute 0-based input pixels, x1 < x2, y1 < y2;
+background (unmatched) rows are all -1.
+Dimension letters: B images, L locations (all levels concatenated, or one level's L_l),
+"..." any leading batch dimensions.
+"""
+import torch
+
+
+def _stride_column(stride, locations: torch.Tensor) -> torch.Tensor:
+    """float or (L,) stride -> (L, 1) tensor on the locations' dtype and device."""
+    if isinstance(stride, torch.Tensor):
+        if stride.dim() == 0:
+            stride = stride.reshape(1)
+        if stride.dim() != 1 or stride.shape[0] not in (1, locations.shape[0]):
+            raise ValueError(
+                f"stride must be a number or an (L,) tensor with L = {locations.shape[0]} (one per location); "
+                f"got shape {tuple(stride.shape)}"
+            )
+        return stride.to(dtype=locations.dtype, device=locations.device).unsqueeze(-1)  # (L, 1) or (1, 1)
+    return torch.full((1, 1), float(stride), dtype=locations.dtype, device=locations.device)
+
+
+def fcos_get_deltas_from_locations(locations: torch.Tensor, gt_boxes: torch.Tensor, stride) -> torch.Tensor:
+    """Regression targets: distances from each location to its box's sides, in strides.
+
+    Args:
+        locations: (L, 2) (x, y) of each location (chapter 03).
+        gt_boxes: (..., L, 4) or (..., L, 5) box matched to each location (chapter 04); rows of
+            -1 are background (for 5 columns, a row with class -1 is background too).
+        stride: the locations' stride, a number (one level) or an (L,) tensor (all levels).
+
+    Returns:
+        (..., L, 4) deltas (l, t, r, b) / stride, in gt_boxes' dtype; background rows are -1.
+    """
+    if gt_boxes.shape[-1] not in (4, 5) or locations.dim() != 2 or gt_boxes.shape[-2] != locations.shape[0]:
+        raise ValueError(
+            f"need locations (L, 2) and gt_boxes (..., L, 4 or 5) with the same L; got locations "
+            f"{tuple(locations.shape)}, gt_boxes {tuple(gt_boxes.shape)}"
+        )
+    locations = locations.to(dtype=gt_boxes.dtype, device=gt_boxes.device)
+    stride = _stride_column(stride, locations)  # (L, 1)
+    x, y = locations[:, 0], locations[:, 1]  # (L,) each, broadcast over "..."
+    deltas = torch.stack([x - gt_boxes[..., 0], y - gt_boxes[..., 1],
+                          gt_boxes[..., 2] - x, gt_boxes[..., 3] - y], dim=-1) / stride  # (..., L, 4)
+    background = (gt_boxes[..., :4] == -1).all(dim=-1)  # (..., L)
+    if gt_boxes.shape[-1] == 5:
+        background |= gt_boxes[..., 4] < 0
+    return torch.where(background.unsqueeze(-1), torch.full_like(deltas, -1.0), deltas)
+
+# %% [markdown]
+# Check: the hand-worked location, plus one background row, and the same numbers from
+# torchvision's `BoxLinearCoder` (its "anchor" for a location is the stride-sized square
+# centred on it).
+
+# %%
+locations = torch.tensor([[100.0, 60.0], [20.0, 20.0]])
+matched = torch.tensor([[90.0, 50, 120, 70, 1], [-1, -1, -1, -1, -1]])  # location 1: background
+deltas = fcos_get_deltas_from_locations(locations, matched, stride=8)
+print(deltas.tolist())
+assert deltas.tolist() == [[1.25, 1.25, 2.5, 1.25], [-1, -1, -1, -1]]
+anchor = torch.tensor([[96.0, 56.0, 104.0, 64.0]])  # side 8 around (100, 60)
+print("torchvision:", BoxLinearCoder(normalize_by_size=True).encode(anchor, matched[:1, :4]).tolist())
+
+# %% [markdown]
+# ## Picture: why divide by the stride
+#
+# All foreground deltas of a batch of the course dataset (chapter 04's matching, center
+# sampling on), per level: in pixels each level lives in its own range; in strides they
+# overlap, which is what a head shared by all levels wants.
+
+# %%
+strides = {"p3": 8, "p4": 16, "p5": 32}
+locations_per_level = get_fpn_location_coords({p: (224 // s, 224 // s) for p, s in strides.items()}, strides)
+train_set = VOCDataset(make_course_dataset(), "train")
+images, gt_boxes, _ = collate_detection([train_set[i] for i in range(32)])
+matched_per_level = fcos_match_locations_to_gt(locations_per_level, strides, gt_boxes, center_sampling_radius=1.5)
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+for level, matched in matched_per_level.items():
+    deltas = fcos_get_deltas_from_locations(locations_per_level[level], matched, strides[level])  # (B, L_l, 4)
+    fg = deltas[(matched[..., 4] >= 0)]  # (foreground, 4)
+    axes[0].hist((fg * strides[level]).flatten().numpy(), bins=40, alpha=0.6, label=level)
+    axes[1].hist(fg.flatten().numpy(), bins=40, alpha=0.6, label=level)
+    print(f"{level}: {len(fg)} foreground locations, deltas in pixels up to {float(fg.max() * strides[level]):.0f}, "
+          f"in strides up to {float(fg.max()):.1f}")
+axes[0].set_title("deltas in pixels")
+axes[1].set_title("deltas / stride (the targets)")
+for ax in axes:
+    ax.legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Deltas -> boxes
+#
+# The inverse: `x1 = x - l · s`, `y1 = y - t · s`, `x2 = x + r · s`, `y2 = y + b · s`. Two
+# guards, because this function decodes **network outputs**, which can be anything:
+#
+# - predicted deltas are **clamped at 0** first: a negative distance would put the box's
+#   left side to the right of the location (a box that does not contain its own location,
+#   possibly with `x2 < x1`). Our head outputs raw numbers (chapter 02), so the clamp is
+#   where "distances are positive" is enforced at decode time.
+# - with `image_size=(H, W)`, the boxes are **clipped** to the image, `0 <= x <= W`,
+#   `0 <= y <= H`.
+#
+# Every row is decoded with its **own** location. There is no "background" test: a network
+# output has no background marker, and a background target row of `-1` decodes, after the
+# clamp, to the zero-size box at its own location.
+
+# %%
+#| export
+def fcos_apply_deltas_to_locations(deltas: torch.Tensor, locations: torch.Tensor, stride,
+                                   image_size: tuple | None = None) -> torch.Tensor:
+    """Boxes from (l, t, r, b) / stride deltas: the inverse of fcos_get_deltas_from_locations.
+
+    Args:
+        deltas: (..., L, 4) predicted (or target) deltas; clamped at >= 0 before decoding.
+        locations: (L, 2) (x, y) of each location.
+        stride: a number (one level) or an (L,) tensor (all levels concatenated).
+        image_size: optional (H, W): boxes are clipped to 0 <= x <= W, 0 <= y <= H.
+
+    Returns:
+        (..., L, 4) boxes (x1, y1, x2, y2) in input pixels, in deltas' dtype. Each row uses its
+        own location; rows are never treated as background (network outputs have no marker).
+    """
+    if deltas.shape[-1] != 4 or locations.dim() != 2 or deltas.shape[-2] != locations.shape[0]:
+        raise ValueError(
+            f"need deltas (..., L, 4) and locations (L, 2) with the same L; got deltas {tuple(deltas.shape)}, "
+            f"locations {tuple(locations.shape)}"
+        )
+    locations = locations.to(dtype=deltas.dtype, device=deltas.device)
+    distances = deltas.clamp(min=0) * _stride_column(stride, locations)  # (..., L, 4) in pixels
+    boxes = torch.cat([locations - distances[..., :2], locations + distances[..., 2:]], dim=-1)  # (..., L, 4)
+    if image_size is not None:
+        H, W = image_size
+        boxes = torch.stack([boxes[..., 0].clamp(0, W), boxes[..., 1].clamp(0, H),
+                             boxes[..., 2].clamp(0, W), boxes[..., 3].clamp(0, H)], dim=-1)  # (..., L, 4)
+    return boxes
+
+# %% [markdown]
+# Check, by hand, on a 96 x 128 image (H x W):
+#
+# - the hand-worked deltas `(1.25, 1.25, 2.5, 1.25)` at `(100, 60)` give back `(90, 50, 120, 70)`;
+# - a negative prediction `(-3, 1, 1, 1)` at `(20, 20)` is clamped to `(0, 1, 1, 1)`: the box
+#   starts at the location itself, `(20, 12, 28, 28)`;
+# - a huge prediction `(10, 10, 10, 10)` at `(20, 20)` reaches 80 px each way,
+#   `(-60, -60, 100, 100)`, and is clipped to the image: `(0, 0, 100, 96)` (`x2 = 100` is
+#   inside the 128-pixel width, `y2 = 100` is not inside the 96-pixel height).
+
+# %%
+predicted = torch.tensor([[[1.25, 1.25, 2.5, 1.25], [-3.0, 1, 1, 1]], [[1.25, 1.25, 2.5, 1.25], [10.0, 10, 10, 10]]])
+boxes = fcos_apply_deltas_to_locations(predicted, locations, stride=8, image_size=(96, 128))  # (2, 2, 4)
+print(boxes.tolist())
+assert boxes[0, 0].tolist() == [90, 50, 120, 70] and boxes[0, 1].tolist() == [20, 12, 28, 28]
+assert boxes[1, 1].tolist() == [0, 0, 100, 96]
+print("without image_size:", fcos_apply_deltas_to_locations(predicted[1], locations, 8)[1].tolist())
+
+# %% [markdown]
+# > **Pitfall (seed, ERRATA 6).** The seed's `fcos_apply_deltas_to_locations` has three
+# > faults. (1) It gives every background row the box of `locations[0]`, the first location
+# > of the image, instead of its own: a decoded prediction then sits at the top-left corner.
+# > (2) It never clamps predicted deltas at 0, so a slightly negative output yields a box
+# > whose side is on the wrong side of its location, even `x2 < x1`, which GIoU and NMS do not
+# > expect. (3) It decides "background" by testing the *predicted* deltas for `-1`; `-1` is
+# > a marker we put in *targets*, and a network output equal to `-1.0` means nothing (and
+# > never happens exactly). Here: every row uses its own location, deltas are clamped, and
+# > nothing is treated as background.
+
+# %% [markdown]
+# ## Final check: the round trip
+#
+# For every foreground location of the batch above, boxes -> deltas -> boxes must give back
+# the matched box. Two precise statements:
+#
+# - **exact** (bit for bit) when the coordinates lie on a grid of 1/256 px, for example
+#   integer pixels: `x - x1` is then exactly representable in float32, the division by the
+#   stride (a power of two) is exact, and so is every step back;
+# - otherwise within one float32 rounding of the coordinates (about `1.5e-5` px at 224):
+#   `x - x1` is rounded once.
+#
+# Background rows stay `-1` in the deltas.
+
+# %%
+def round_trip(gt):
+    matched = torch.cat(list(fcos_match_locations_to_gt(locations_per_level, strides, gt, 1.5).values()), 1)
+    locs = torch.cat(list(locations_per_level.values()))  # (L, 2)
+    stride_per_location = torch.cat([torch.full((len(l),), float(strides[p])) for p, l in locations_per_level.items()])
+    deltas = fcos_get_deltas_from_locations(locs, matched, stride_per_location)  # (B, L, 4)
+    fg = matched[..., 4] >= 0  # (B, L)
+    boxes = fcos_apply_deltas_to_locations(deltas, locs, stride_per_location, image_size=(224, 224))
+    return fg, deltas, boxes[fg], matched[fg][:, :4]
+
+
+on_grid = gt_boxes.clone()
+on_grid[..., :4] = (gt_boxes[..., :4] * 256).round() / 256  # snap to 1/256 px (padding -1 stays -1)
+fg, deltas, decoded, target = round_trip(on_grid)
+print(f"1/256-px grid: {int(fg.sum())} foreground locations, exact: {torch.equal(decoded, target)}, "
+      f"background deltas all -1: {bool((deltas[~fg] == -1).all())}")
+assert torch.equal(decoded, target) and (deltas[~fg] == -1).all()
+fg, deltas, decoded, target = round_trip(gt_boxes)
+error = (decoded - target).abs().max().item()
+print(f"raw float boxes: largest error {error:.1e} px, below 2e-5: {error < 2e-5}")
+assert error < 2e-5
