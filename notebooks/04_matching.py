@@ -201,14 +201,21 @@ def fcos_match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dic
         locations_per_fpn_level: level -> (L_l, 2) (x, y) from get_fpn_location_coords.
         strides_per_fpn_level: level -> stride, same keys in the same order.
         gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padding rows of -1 (or (N, 5)).
+            A real row with x2 <= x1 or y2 <= y1 raises a ValueError naming it.
         center_sampling_radius: if given, a location must also be within
             radius * stride of the box centre in x and in y (torchvision uses 1.5).
 
     Returns:
         (B, L) int64 (or (L,) for (N, 5) input), levels concatenated in the dict's order.
     """
-    squeeze = gt_boxes.dim() == 2
-    gt_boxes = _check_gt_boxes(gt_boxes)  # (B, N, 5)
+    matched_idx = _match_indices(locations_per_fpn_level, strides_per_fpn_level, _check_gt_boxes(gt_boxes),
+                                 center_sampling_radius)  # (B, L)
+    return matched_idx[0] if gt_boxes.dim() == 2 else matched_idx
+
+
+def _match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dict, gt_boxes: torch.Tensor,
+                   center_sampling_radius: float | None) -> torch.Tensor:
+    """fcos_match_indices on checked (B, N, 5) gt_boxes -> (B, L) int64."""
     B, N, _ = gt_boxes.shape
     dtype, device = gt_boxes.dtype, gt_boxes.device
     ranges = scale_ranges_per_fpn_level(strides_per_fpn_level)
@@ -222,18 +229,18 @@ def fcos_match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dic
     locations = torch.cat(locations)  # (L, 2)
     L = locations.shape[0]
     if N == 0:
-        matched_idx = torch.full((B, L), -1, dtype=torch.int64, device=device)
-        return matched_idx[0] if squeeze else matched_idx
+        return torch.full((B, L), -1, dtype=torch.int64, device=device)
 
     x = locations[:, 0].view(1, L, 1)  # (1, L, 1)
     y = locations[:, 1].view(1, L, 1)
     x1, y1, x2, y2 = (gt_boxes[..., i].unsqueeze(1) for i in range(4))  # each (B, 1, N)
-    ltrb = torch.stack([x - x1, y - y1, x2 - x, y2 - y], dim=-1)  # (B, L, N, 4)
+    l, t, r, b = x - x1, y - y1, x2 - x, y2 - y  # each (B, L, N)
 
     # Rule 1: strictly inside the box. Padding rows never match.
-    match = (ltrb.min(dim=-1).values > 0) & (gt_boxes[..., 4] >= 0).unsqueeze(1)  # (B, L, N)
+    match = torch.minimum(torch.minimum(l, t), torch.minimum(r, b)) > 0  # (B, L, N)
+    match &= (gt_boxes[..., 4] >= 0).unsqueeze(1)
     # Rule 2: this level's scale range on max(l, t, r, b), strict bounds.
-    max_ltrb = ltrb.max(dim=-1).values  # (B, L, N)
+    max_ltrb = torch.maximum(torch.maximum(l, t), torch.maximum(r, b))  # (B, L, N)
     match &= (max_ltrb > torch.cat(lower).view(1, L, 1)) & (max_ltrb < torch.cat(upper).view(1, L, 1))
     # Optional: center sampling, a square of half-side radius * stride around the box centre.
     if center_sampling_radius is not None:
@@ -241,11 +248,10 @@ def fcos_match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dic
         dist_to_centre = torch.maximum((x - (x1 + x2) / 2).abs(), (y - (y1 + y2) / 2).abs())  # (B, L, N)
         match &= dist_to_centre < radius
     # Rule 3: the smallest area among the boxes left; the first one on an exact tie.
-    areas = ((x2 - x1) * (y2 - y1)).expand(B, L, N)  # (B, L, N)
-    areas = torch.where(match, areas, torch.full_like(areas, math.inf))
-    matched_idx = areas.min(dim=-1).indices  # (B, L)
-    matched_idx = torch.where(match.any(dim=-1), matched_idx, torch.full_like(matched_idx, -1))
-    return matched_idx[0] if squeeze else matched_idx
+    areas = (x2 - x1) * (y2 - y1)  # (B, 1, N)
+    areas = torch.where(match, areas, torch.full_like(areas, math.inf))  # (B, L, N)
+    min_area, matched_idx = areas.min(dim=-1)  # (B, L)
+    return torch.where(min_area < math.inf, matched_idx, torch.full_like(matched_idx, -1))
 
 
 def fcos_match_locations_to_gt(locations_per_fpn_level: dict, strides_per_fpn_level: dict,
@@ -260,8 +266,8 @@ def fcos_match_locations_to_gt(locations_per_fpn_level: dict, strides_per_fpn_le
     """
     squeeze = gt_boxes.dim() == 2
     gt_boxes = _check_gt_boxes(gt_boxes)  # (B, N, 5)
-    matched_idx = fcos_match_indices(locations_per_fpn_level, strides_per_fpn_level, gt_boxes,
-                                     center_sampling_radius)  # (B, L)
+    matched_idx = _match_indices(locations_per_fpn_level, strides_per_fpn_level, gt_boxes,
+                                 center_sampling_radius)  # (B, L)
     B, N, _ = gt_boxes.shape
     if N == 0:
         matched = gt_boxes.new_full((B, matched_idx.shape[1], 5), -1.0)  # (B, L, 5)
