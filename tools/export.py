@@ -75,14 +75,20 @@ def render_module(notebook: Path, sources: list[str]) -> str:
     names = public_names(body)
     header = BANNER.format(notebook=notebook.relative_to(ROOT).as_posix())
     all_line = "__all__ = [" + ", ".join(repr(n) for n in names) + "]"
-    # Keep a leading module docstring first so that it stays the module's __doc__.
+    # Keep a leading module docstring and `from __future__` imports first (Python requires it),
+    # then __all__, then the rest.
     tree = ast.parse(body)
-    if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant):
-        doc_end = tree.body[0].end_lineno
-        lines = body.splitlines()
-        docstring, rest = "\n".join(lines[:doc_end]), "\n".join(lines[doc_end:]).lstrip("\n")
-        return f"{header}\n{docstring}\n\n{all_line}\n\n{rest}\n"
-    return f"{header}\n{all_line}\n\n{body}\n"
+    head_end = 0
+    for i, node in enumerate(tree.body):
+        is_doc = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        is_future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
+        if not (is_doc or is_future):
+            break
+        head_end = node.end_lineno
+    lines = body.splitlines()
+    head, rest = "\n".join(lines[:head_end]), "\n".join(lines[head_end:]).lstrip("\n")
+    return "\n".join(part for part in (header, head, "", all_line, "", rest) if part is not None).replace(
+        f"{header}\n\n\n", f"{header}\n", 1) + "\n"
 
 
 def build() -> dict[Path, str]:
