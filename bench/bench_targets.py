@@ -9,6 +9,8 @@ repeats and the ratio.
     .venv/bin/python bench/bench_targets.py                 # CPU
     .venv/bin/python bench/bench_targets.py --device cuda   # the same code on CUDA tensors
 
+Both versions run with one CPU thread unless `--threads` says otherwise (see its help).
+
 The loop is slow, so by default it runs on the first 2 images only and its time is scaled
 linearly to 16 (it is linear in the number of images: an independent loop per image); the
 output says so. `--loop-images 16` measures it on the whole batch.
@@ -120,7 +122,13 @@ def main(argv=None):
     parser.add_argument("--loop-images", type=int, default=2, help="images the naive loop is timed on")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the loop (the vectorised path gets 10x)")
     parser.add_argument("--center-sampling-radius", type=float, default=1.5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for both versions (0: torch's default). Default 1: the "
+                             "tensors here are ~100k elements, extra threads gain nothing, and on a busy "
+                             "machine they make CPU timings erratic (threads waiting for each other)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)

@@ -106,7 +106,7 @@ print("p5 location (112, 80) ->", match_one_location_naive(112.0, 80.0, hand_box
 # ## Vectorised over locations x boxes x images
 #
 # A 224 x 224 batch of 16 images has 16 x 1029 locations; a Python loop over them and their
-# boxes costs about a second per batch (the benchmark `bench/bench_targets.py` measures it).
+# boxes costs one to a few seconds per batch (the benchmark `bench/bench_targets.py` measures it).
 # The same rules are a handful of tensor operations if we compute every `(image, location,
 # box)` triple at once, by broadcasting:
 #
