@@ -1,0 +1,101 @@
+"""Tests of fcos_lib.model (chapter 07): the FCOS module's two modes, input checks, NaN guard."""
+import pytest
+import torch
+
+from fcos_lib.model import FCOS, FCOSPredictions, check_finite_losses
+
+GT = torch.tensor([
+    [[10.0, 20, 70, 100, 1], [-1, -1, -1, -1, -1]],
+    [[30.0, 40, 200, 150, 4], [100, 10, 140, 60, 0]],
+])  # (2, 2, 5) for 160 x 224 images
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return FCOS(num_classes=5, fpn_channels=32, num_convs=2)
+
+
+def test_training_mode_returns_three_finite_scalar_losses(model):
+    losses = model.train()(torch.rand(2, 3, 160, 224), GT)
+    assert list(losses) == ["loss_cls", "loss_box", "loss_ctr"]
+    assert all(v.shape == () and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("box_loss", ["giou", "l1"])
+def test_empty_batches_train(box_loss):
+    torch.manual_seed(0)
+    model = FCOS(num_classes=3, fpn_channels=16, num_convs=1, box_loss=box_loss).train()
+    empty = torch.full((2, 1, 5), -1.0)
+    losses = model(torch.rand(2, 3, 64, 96), empty)
+    assert losses["loss_box"].item() == 0 and losses["loss_ctr"].item() == 0
+    assert torch.isfinite(losses["loss_cls"])
+    some = torch.tensor([[[4.0, 4, 40, 50, 2]], [[-1, -1, -1, -1, -1]]])
+    losses = model(torch.rand(2, 3, 64, 96), some)
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_box"] > 0
+
+
+def test_eval_mode_returns_predictions(model):
+    with torch.no_grad():
+        predictions = model.eval()(torch.rand(3, 3, 160, 224))
+    assert isinstance(predictions, FCOSPredictions)
+    L = 20 * 28 + 10 * 14 + 5 * 7
+    assert predictions.cls_logits.shape == (3, L, 5)
+    assert predictions.box_deltas.shape == (3, L, 4)
+    assert predictions.ctr_logits.shape == (3, L, 1)
+    assert predictions.locations.shape == (L, 2) and predictions.strides.shape == (L,)
+    assert predictions.num_locations_per_level == [560, 140, 35]
+    assert predictions.image_size == (160, 224)
+    # First p4 location is at (8, 8) with stride 16; the last location is p5's bottom-right cell.
+    assert predictions.locations[560].tolist() == [8.0, 8.0] and predictions.strides[560] == 16
+    assert predictions.locations[-1].tolist() == [6.5 * 32, 4.5 * 32]
+
+
+def test_no_hidden_state_between_batches(model):
+    # The same batch gives the same loss whatever came before (no EMA normaliser).
+    model.train()
+    images = torch.rand(2, 3, 160, 224)
+    with torch.no_grad():
+        first = model(images, GT)
+        model(torch.rand(2, 3, 160, 224), torch.full((2, 1, 5), -1.0))
+        again = model(images, GT)
+    for a, b in zip(first.values(), again.values()):
+        assert torch.equal(a, b)
+
+
+def test_bad_inputs_give_clear_errors(model):
+    model.train()
+    images = torch.rand(2, 3, 160, 224)
+    with pytest.raises(ValueError, match=r"images must be one \(B, 3, H, W\).*got \(3, 160, 224\)"):
+        model(images[0], GT)
+    with pytest.raises(ValueError, match=r"divisible by 32.*H=150, W=224.*\(160, 224\)"):
+        model(torch.rand(2, 3, 150, 224), GT)
+    with pytest.raises(ValueError, match=r"gt_boxes must be \(2, N, 5\).*got \(2, 5\)"):
+        model(images, GT[0])
+    with pytest.raises(ValueError, match=r"gt_boxes must be \(2, N, 5\).*got \(2, 2, 4\)"):
+        model(images, GT[..., :4])
+    bad_label = GT.clone()
+    bad_label[1, 1, 4] = 7
+    with pytest.raises(ValueError, match=r"class label 7.*num_classes=5"):
+        model(images, bad_label)
+    degenerate = GT.clone()
+    degenerate[0, 0, 2] = 5.0  # x2 < x1
+    with pytest.raises(ValueError, match="x2 > x1"):
+        model(images, degenerate)
+    with pytest.raises(ValueError, match="training mode needs gt_boxes"):
+        model(images)
+    with pytest.raises(ValueError, match="box_loss must be one of"):
+        FCOS(num_classes=5, box_loss="iou")
+
+
+def test_check_finite_losses_names_the_bad_component():
+    check_finite_losses({"loss_cls": torch.tensor(1.0), "loss_box": torch.tensor(0.5), "loss_ctr": torch.tensor(0.7)})
+    with pytest.raises(FloatingPointError, match=r"non-finite loss: loss_ctr=inf"):
+        check_finite_losses({"loss_cls": torch.tensor(1.0), "loss_box": torch.tensor(0.5),
+                             "loss_ctr": torch.tensor(float("inf"))})
+    with pytest.raises(FloatingPointError, match=r"loss_cls=nan, loss_box=nan"):
+        check_finite_losses({"loss_cls": torch.tensor(float("nan")), "loss_box": torch.tensor(float("nan")),
+                             "loss_ctr": torch.tensor(0.7)})
