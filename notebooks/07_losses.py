@@ -44,12 +44,10 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 import torchvision
 from torchvision.models.detection.fcos import FCOSHead as TorchvisionFCOSHead
 
 from fcos_lib.data import VOCDataset, collate_detection, make_course_dataset
-from fcos_lib.deltas import fcos_apply_deltas_to_locations
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.targets import fcos_build_targets, strides_per_location
 
