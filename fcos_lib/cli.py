@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from fcos_lib.train import baseline_recipe, improved_recipe, train, write_run_report
+    from fcos_lib.data import VOCDataset
+    from fcos_lib.train import baseline_recipe, improved_recipe, resolve_data, resolve_device, train, write_run_report
 
     recipe = {"improved": improved_recipe, "baseline": baseline_recipe}[args.recipe]
     course = args.data is None
@@ -75,6 +76,7 @@ def _train(args) -> int:
         iters=args.iters or (COURSE_DEFAULT_ITERS if course else FULL_DEFAULT_ITERS),
         in_memory=args.in_memory or course, device=args.device, out=args.out, seed=args.seed,
     )
+    changes["warmup_iters"] = min(500, changes["iters"] // 10)  # the warm-up must fit in short runs
     if args.lr is not None:
         changes["lr"] = args.lr
     if args.workers is not None:
@@ -82,6 +84,12 @@ def _train(args) -> int:
     elif changes["in_memory"]:
         changes["num_workers"] = 0
     cfg = recipe(**changes)
+    # Check everything that can be checked before spending minutes or hours on training: the
+    # device, both splits and every annotation in them.
+    resolve_device(cfg.device)
+    root, class_names = resolve_data(cfg)
+    for split in (cfg.train_split, cfg.val_split):
+        VOCDataset(root, split, class_names=class_names, image_size=cfg.image_size)
     print(f"training on {cfg.data or 'the course dataset'} for {cfg.iters} iterations -> {cfg.out}/last.pt")
     state = train(cfg, resume=args.resume)
     metrics = write_run_report(cfg, state)

@@ -1,0 +1,100 @@
+"""Training-step benchmark: images/s at 224x224, batch 16, and where the step's time goes.
+
+    python bench/bench_train_step.py [--device cpu|cuda] [--steps 8] [--batch-size 16] [--image-size 224]
+
+One step = data loading (a batch from the DataLoader over the course dataset), target building
+(fcos_build_targets), the network's forward, the loss (fcos_loss), backward, and the optimiser
+step. The model's own forward is timed as a whole; target building and the loss are timed by
+wrapping the two functions FCOS.forward calls, so what is measured is the library's real step.
+Goal: target building + loss under 10 % of the step.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+from fcos_lib import model as model_module
+from fcos_lib.data import VOCDataset, collate_detection, make_course_dataset
+from fcos_lib.model import FCOS
+from fcos_lib.train import build_optimizer, improved_recipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    timings: dict[str, list[float]] = defaultdict(list)
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            sync()
+            tic = time.perf_counter()
+            out = fn(*a, **kw)
+            sync()
+            timings[name].append(time.perf_counter() - tic)
+            return out
+        return wrapper
+
+    model_module.fcos_build_targets = timed("targets", model_module.fcos_build_targets)
+    model_module.fcos_loss = timed("loss", model_module.fcos_loss)
+
+    dataset = VOCDataset(make_course_dataset(), "train", image_size=args.image_size)
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
+                                              collate_fn=collate_detection, num_workers=0,
+                                              generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(0)
+    model = FCOS(len(dataset.class_names)).to(device).train()
+    optimizer = build_optimizer(model, improved_recipe())
+    steps = []
+    for step in range(2 + args.steps):
+        if step == 2:
+            timings.clear()
+        sync()
+        t0 = time.perf_counter()
+        images, gt_boxes, _ = next(loader)
+        images, gt_boxes = images.to(device), gt_boxes.to(device)
+        sync()
+        t1 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.float16, enabled=args.amp and device.type == "cuda"):
+            losses = model(images, gt_boxes)
+        sync()
+        t2 = time.perf_counter()
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync()
+        t3 = time.perf_counter()
+        if step >= 2:
+            timings["data"].append(t1 - t0)
+            timings["forward (incl. targets + loss)"].append(t2 - t1)
+            timings["backward + step"].append(t3 - t2)
+            steps.append(t3 - t0)
+
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    step = statistics.median(steps)
+    network_forward = med["forward (incl. targets + loss)"] - med["targets"] - med["loss"]
+    print(f"device {device}, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+          f"{torch.get_num_threads()} CPU threads, median of {args.steps} steps")
+    print(f"step: {step * 1000:.0f} ms -> {args.batch_size / step:.1f} images/s")
+    rows = [("data loading", med["data"]), ("target building", med["targets"]),
+            ("network forward", network_forward), ("loss", med["loss"]), ("backward + optimiser", med["backward + step"])]
+    for name, seconds in rows:
+        print(f"  {name:22s} {seconds * 1000:8.1f} ms  {100 * seconds / step:5.1f} %")
+    share = (med["targets"] + med["loss"]) / step
+    print(f"target building + loss: {100 * share:.1f} % of the step (goal < 10 %: {'met' if share < 0.10 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""`python -m fcos_lib train|evaluate|detect`: the README's main job and its bad inputs.
+
+Bad input must give one line on stderr and exit status 2, never a traceback.
+"""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from fcos_lib.cli import main
+from fcos_lib.data import make_course_dataset
+
+TINY = ["--image-size", "64", "--batch-size", "2", "--iters", "3", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_course_dataset(tmp_path_factory.mktemp("data") / "voc", num_train=6, num_val=3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY]) == 0
+    return out
+
+
+def copy_data(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_train_writes_the_run_folder(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"last.pt", "metrics.json", "loss_curve.png", "detections.png"} <= names
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["iters"] == 3 and 0 <= metrics["map50"] <= 1 and 0 <= metrics["map"] <= 1
+    assert set(metrics["per_class_ap50"]) == {"cross", "ellipse", "rectangle", "star", "triangle"}
+    assert metrics["train_images_per_s"] > 0
+
+
+def test_evaluate_agrees_with_the_library(trained, tiny_data, tmp_path, capsys):
+    from fcos_lib.data import VOCDataset
+    from fcos_lib.evaluate import evaluate
+    from fcos_lib.train import model_from_checkpoint
+
+    assert main(["evaluate", "--checkpoint", str(trained / "last.pt"), "--data", str(tiny_data),
+                 "--split", "val", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert "mAP@0.5" in capsys.readouterr().out
+    printed = json.loads((tmp_path / "metrics.json").read_text())
+    model, state = model_from_checkpoint(trained / "last.pt")
+    library = evaluate(model, VOCDataset(tiny_data, "val", class_names=state["class_names"], image_size=64))
+    assert printed["map50"] == library["map50"] and printed["map"] == library["map"]
+    assert printed["per_class_ap50"] == library["per_class_ap50"]
+
+
+def test_detect_writes_boxes_in_original_pixels(trained, tiny_data, tmp_path):
+    # The same picture at 1x and 2x letterboxes to (almost) the same network input, so the
+    # detections must come back in each file's own pixels: the 2x boxes are 2x the 1x boxes.
+    image = Image.open(next((tiny_data / "JPEGImages").iterdir())).convert("RGB")
+    image = image.resize((128, 96))
+    image.save(tmp_path / "small.png")
+    image.resize((256, 192), Image.NEAREST).save(tmp_path / "large.png")
+    assert main(["detect", "--checkpoint", str(trained / "last.pt"), str(tmp_path / "small.png"),
+                 str(tmp_path / "large.png"), "--out", str(tmp_path / "found"), "--score-thresh", "0.0",
+                 "--device", "cpu"]) == 0
+    results = json.loads((tmp_path / "found" / "detections.json").read_text())
+    small, large = results
+    assert (small["width"], small["height"], large["width"], large["height"]) == (128, 96, 256, 192)
+    assert len(small["detections"]) > 0
+    for det in small["detections"] + large["detections"]:
+        x1, y1, x2, y2 = det["box"]
+        assert 0 <= x1 <= x2 <= det_width(results, det) and 0 <= y1 <= y2
+    # The best small-image box, doubled, is found among the large image's boxes (IoU > 0.9).
+    from torchvision.ops import box_iou
+
+    top_small = torch.tensor([small["detections"][0]["box"]])
+    large_boxes = torch.tensor([d["box"] for d in large["detections"]])
+    assert box_iou(2 * top_small, large_boxes).max() > 0.9
+    assert (tmp_path / "found" / "small_detections.png").is_file()
+
+
+def det_width(results, det):
+    return next(r["width"] for r in results if det in r["detections"])
+
+
+def test_missing_data_folder(capsys, tmp_path):
+    err = one_line_error(capsys, ["train", "--data", str(tmp_path / "nowhere"), *TINY])
+    assert "nowhere" in err
+
+
+def test_missing_val_split_names_existing_ones(capsys, tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path / "voc")
+    (data / "ImageSets" / "Main" / "val.txt").unlink()
+    err = one_line_error(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY])
+    assert "val" in err and "train" in err
+
+
+def test_empty_split(capsys, tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path / "voc")
+    (data / "ImageSets" / "Main" / "train.txt").write_text("\n")
+    one_line_error(capsys, ["train", "--data", str(data), "--classes", "cross,star", "--out", str(tmp_path / "run"), *TINY])
+
+
+def test_annotation_missing_on_disk(capsys, tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path / "voc")
+    first = (data / "ImageSets" / "Main" / "train.txt").read_text().split()[0]
+    (data / "Annotations" / f"{first}.xml").unlink()
+    err = one_line_error(capsys, ["train", "--data", str(data), "--classes", "cross,ellipse,rectangle,star,triangle",
+                                  "--out", str(tmp_path / "run"), *TINY])
+    assert first in err
+
+
+def test_unknown_class_in_annotation(capsys, tiny_data, tmp_path):
+    err = one_line_error(capsys, ["train", "--data", str(tiny_data), "--classes", "cross", "--out", str(tmp_path / "run"), *TINY])
+    assert "cross" in err
+
+
+def test_checkpoint_from_another_class_list(capsys, trained, tiny_data, tmp_path):
+    # Evaluate a 5-class checkpoint on data annotated with a sixth class.
+    data = copy_data(tiny_data, tmp_path / "voc")
+    first = (data / "ImageSets" / "Main" / "val.txt").read_text().split()[0]
+    xml = data / "Annotations" / f"{first}.xml"
+    xml.write_text(xml.read_text().replace("<name>", "<name>zebra_", 1))
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", str(trained / "last.pt"), "--data", str(data), "--device", "cpu"])
+    assert "zebra_" in err
+
+
+def test_cuda_without_gpu(capsys, tiny_data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    err = one_line_error(capsys, ["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"),
+                                  "--image-size", "64", "--iters", "1", "--device", "cuda"])
+    assert "cuda" in err.lower()
+
+
+def test_missing_checkpoint_and_image(capsys, trained, tmp_path):
+    one_line_error(capsys, ["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--device", "cpu"])
+    err = one_line_error(capsys, ["detect", "--checkpoint", str(trained / "last.pt"), str(tmp_path / "none.jpg"), "--device", "cpu"])
+    assert "none.jpg" in err
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run([sys.executable, "-m", "fcos_lib", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "train" in done.stdout
