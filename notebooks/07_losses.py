@@ -684,7 +684,9 @@ for name, (x, y) in bad_inputs.items():
 # the wrong predictions, a sign flip, a loss on the wrong locations), and no amount of
 # training on the full dataset will fix it.
 #
-# Four course images at 128 x 128, Adam, 60 steps on the CPU.
+# Four course images at 128 x 128, Adam, 60 steps on the CPU, with one CPU thread: for a
+# batch this small more threads gain little, and on a busy 2-core machine (Colab, CI) threads
+# waiting for each other made this loop ten times slower.
 
 # %%
 torch.manual_seed(0)
@@ -694,6 +696,8 @@ images, gt_boxes, _ = collate_detection([small_set[i] for i in picked])
 model = FCOS(num_classes=len(small_set.class_names)).train()
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 history = []
+threads = torch.get_num_threads()
+torch.set_num_threads(1)
 tic = time.perf_counter()
 for step in range(60):
     losses = model(images, gt_boxes)
@@ -704,6 +708,7 @@ for step in range(60):
     optimizer.step()
     history.append({"total": loss.item(), **{k: v.item() for k, v in losses.items()}})
 seconds = time.perf_counter() - tic
+torch.set_num_threads(threads)
 print("images:", tuple(images.shape), "| objects:", int((gt_boxes[..., 4] >= 0).sum()))
 
 # %% tags=["nbval-ignore-output"]
