@@ -29,7 +29,7 @@ import time
 import torch
 import torchvision
 
-from fcos_lib.inference import detect, fcos_postprocess, fcos_postprocess_per_image
+from fcos_lib.inference import detect, fcos_postprocess, fcos_postprocess_per_image, same_detections
 from fcos_lib.model import FCOS
 from fcos_lib.nms import nms
 
@@ -52,21 +52,6 @@ def median_seconds_pair(fn_a, fn_b, repeats: int, sync) -> tuple[float, float]:
         times_a.append(median_seconds(fn_a, 1, sync))
         times_b.append(median_seconds(fn_b, 1, sync))
     return statistics.median(times_a), statistics.median(times_b)
-
-
-def same_detections(a: list, b: list, atol: float = 1e-5) -> bool:
-    """Two lists of detections agree: same count per image, scores within atol (both sorted), and the
-    same (label, box) rows in some order (scores computed on differently shaped tensors may differ
-    in the last bit, which can swap two near-equal detections)."""
-    def rows(d):  # (K, 5) label + box, sorted lexicographically
-        table = torch.cat([d["labels"][:, None].float(), d["boxes"]], dim=1)
-        order = torch.arange(len(table))
-        for column in reversed(range(5)):
-            order = order[table[order, column].argsort(stable=True)]
-        return table[order]
-    return len(a) == len(b) and all(
-        len(x["scores"]) == len(y["scores"]) and torch.allclose(x["scores"], y["scores"], atol=atol)
-        and torch.allclose(rows(x), rows(y), atol=1e-4) for x, y in zip(a, b))
 
 
 def random_boxes(K: int, device, seed: int = 0, size: float = 1000.0) -> tuple[torch.Tensor, torch.Tensor]:

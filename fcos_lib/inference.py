@@ -14,7 +14,7 @@ Dimension letters: B images, L locations (levels concatenated p3, p4, p5), L_l l
 level, C classes, K candidates. Boxes (x1, y1, x2, y2) in network-input pixels unless mapped back.
 """
 
-__all__ = ['fcos_postprocess', 'fcos_postprocess_per_image', 'detect']
+__all__ = ['fcos_postprocess', 'fcos_postprocess_per_image', 'same_detections', 'detect']
 
 import torch
 import torchvision
@@ -112,6 +112,21 @@ def fcos_postprocess_per_image(predictions, score_thresh: float = 0.05, nms_thre
         keep = torchvision.ops.batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
         detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
     return detections
+
+
+def same_detections(a: list, b: list, atol: float = 1e-5) -> bool:
+    """Two lists of detections agree: same count per image, scores within atol (both sorted), and the
+    same (label, box) rows in some order (scores computed on differently shaped tensors may differ
+    in the last bit, which can swap two near-equal detections)."""
+    def rows(d):  # (K, 5) label + box, sorted lexicographically
+        table = torch.cat([d["labels"][:, None].float(), d["boxes"]], dim=1)
+        order = torch.arange(len(table))
+        for column in reversed(range(5)):
+            order = order[table[order, column].argsort(stable=True)]
+        return table[order]
+    return len(a) == len(b) and all(
+        len(x["scores"]) == len(y["scores"]) and torch.allclose(x["scores"], y["scores"], atol=atol)
+        and torch.allclose(rows(x), rows(y), atol=1e-4) for x, y in zip(a, b))
 
 
 @torch.no_grad()

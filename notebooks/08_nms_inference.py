@@ -478,6 +478,7 @@ def fcos_postprocess_per_image(predictions, score_thresh: float = 0.05, nms_thre
 # the image.
 
 # %%
+#| export inference
 def same_detections(a: list, b: list, atol: float = 1e-5) -> bool:
     """Two lists of detections agree: same count per image, scores within atol (both sorted), and the
     same (label, box) rows in some order (scores computed on differently shaped tensors may differ
@@ -493,6 +494,7 @@ def same_detections(a: list, b: list, atol: float = 1e-5) -> bool:
         and torch.allclose(rows(x), rows(y), atol=1e-4) for x, y in zip(a, b))
 
 
+# %%
 torch.manual_seed(0)
 model = FCOS(num_classes=5).eval()
 for batch_size in (1, 5):

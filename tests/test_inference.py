@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from fcos_lib.inference import detect, fcos_postprocess, fcos_postprocess_per_image
+from fcos_lib.inference import detect, fcos_postprocess, fcos_postprocess_per_image, same_detections
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.model import FCOS, FCOSPredictions
 from fcos_lib.targets import strides_per_location
@@ -37,21 +37,6 @@ class HandMadeModel(nn.Module):
     def forward(self, images):
         assert not self.training and not torch.is_grad_enabled()
         return hand_made_predictions(images.shape[0], *images.shape[-2:])
-
-
-def same_detections(a: list, b: list, atol: float = 1e-5) -> bool:
-    """Two lists of detections agree: same count per image, scores within atol (both sorted), and the
-    same (label, box) rows in some order (scores computed on differently shaped tensors may differ
-    in the last bit, which can swap two near-equal detections)."""
-    def rows(d):  # (K, 5) label + box, sorted lexicographically
-        table = torch.cat([d["labels"][:, None].float(), d["boxes"]], dim=1)
-        order = torch.arange(len(table))
-        for column in reversed(range(5)):
-            order = order[table[order, column].argsort(stable=True)]
-        return table[order]
-    return len(a) == len(b) and all(
-        len(x["scores"]) == len(y["scores"]) and torch.allclose(x["scores"], y["scores"], atol=atol)
-        and torch.allclose(rows(x), rows(y), atol=1e-4) for x, y in zip(a, b))
 
 
 @pytest.mark.parametrize("batch_size", [1, 5])
