@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=224, help="square network input in pixels, a multiple of 32")
     t.add_argument("--iters", type=int, help=f"iterations (default: {COURSE_DEFAULT_ITERS} on the course dataset, {FULL_DEFAULT_ITERS} with --data)")
     t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=None, help="base learning rate (default: 8e-3)")
+    t.add_argument("--lr", type=float, default=None, help="base learning rate (default: the recipe's, 0.02 improved, 8e-3 baseline)")
     t.add_argument("--recipe", choices=["improved", "baseline"], default="improved", help="training recipe (chapter 09)")
     t.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (needs internet once)")
     t.add_argument("--in-memory", action="store_true", help="decode and resize the images once and keep them in RAM")
