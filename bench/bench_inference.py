@@ -23,8 +23,6 @@ erratic with more; `--threads 0` keeps torch's default).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torchvision
@@ -33,25 +31,7 @@ from fcos_lib.inference import detect, fcos_postprocess, fcos_postprocess_per_im
 from fcos_lib.model import FCOS
 from fcos_lib.nms import nms
 
-
-def median_seconds(fn, repeats: int, sync) -> float:
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def median_seconds_pair(fn_a, fn_b, repeats: int, sync) -> tuple[float, float]:
-    """Median times of two functions run alternately, so that a busy machine slows both alike."""
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        times_a.append(median_seconds(fn_a, 1, sync))
-        times_b.append(median_seconds(fn_b, 1, sync))
-    return statistics.median(times_a), statistics.median(times_b)
+from _timing import median_seconds, median_seconds_pair
 
 
 def random_boxes(K: int, device, seed: int = 0, size: float = 1000.0) -> tuple[torch.Tensor, torch.Tensor]:

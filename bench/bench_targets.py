@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
 
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.targets import FCOSTargets, fcos_build_targets
+
+from _timing import median_seconds
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 SCALE_RANGES = {"p3": (0.0, 64.0), "p4": (64.0, 128.0), "p5": (128.0, math.inf)}
@@ -100,17 +100,6 @@ def random_batch(B, image_size, boxes_per_image, device, seed=0):
     for b in range(B):
         gt[b, num_real[b]:] = -1
     return gt.to(device)
-
-
-def median_seconds(fn, repeats, sync):
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None):
