@@ -4,6 +4,13 @@ from __future__ import annotations
 import statistics
 import time
 
+import torch
+
+
+def device_sync(device: torch.device):
+    """A function that waits for `device`'s queued work (torch.cuda.synchronize on CUDA, nothing on the CPU)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
 
 def median_seconds(fn, repeats: int, sync) -> float:
     """Median wall time of `repeats` calls of fn(); `sync()` (e.g. torch.cuda.synchronize) brackets each call."""

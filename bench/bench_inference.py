@@ -31,7 +31,7 @@ from fcos_lib.inference import detect, fcos_postprocess, fcos_postprocess_per_im
 from fcos_lib.model import FCOS
 from fcos_lib.nms import nms
 
-from _timing import median_seconds, median_seconds_pair
+from _timing import device_sync, median_seconds, median_seconds_pair
 
 
 def random_boxes(K: int, device, seed: int = 0, size: float = 1000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
 
     torch.manual_seed(0)
     model = FCOS(num_classes=args.num_classes).to(device).eval()

@@ -25,7 +25,7 @@ import torch
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.targets import FCOSTargets, fcos_build_targets
 
-from _timing import median_seconds
+from _timing import device_sync, median_seconds
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 SCALE_RANGES = {"p3": (0.0, 64.0), "p4": (64.0, 128.0), "p5": (128.0, math.inf)}
@@ -120,7 +120,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
     torch.manual_seed(0)
     image_size = (args.image_size, args.image_size)
     gt = random_batch(args.batch, image_size, args.boxes, device)

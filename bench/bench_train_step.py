@@ -22,6 +22,8 @@ from fcos_lib.data import VOCDataset, collate_detection, make_course_dataset
 from fcos_lib.model import FCOS
 from fcos_lib.train import build_optimizer, improved_recipe
 
+from _timing import device_sync
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,7 +34,7 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = device_sync(device)
 
     timings: dict[str, list[float]] = defaultdict(list)
 
