@@ -5,17 +5,19 @@ Chapter 02 of the course (notebooks/02_head.py).
 
 References:
 - FCOS: Tian et al. 2019, "FCOS: Fully Convolutional One-Stage Object Detection", §3.1
-  (per-location classification and (l, t, r, b) regression, prior-probability bias init),
-  §3.2 (one head shared across FPN levels), §3.3 (centerness).
+  (per-location classification and (l, t, r, b) regression as exp(x), prior-probability bias
+  init), §3.2 (one head shared across FPN levels), §3.3 (centerness).
 - Checked against torchvision.models.detection.fcos (FCOSClassificationHead,
   FCOSRegressionHead): 3x3 convs + GroupNorm(32) + ReLU stems, N(0, 0.01) init of every head
-  conv, centerness on the regression branch, (B, H*W, K) row-major flattening.
+  conv, centerness on the regression branch, (B, H*W, K) row-major flattening. Unlike
+  torchvision (ReLU on the box output), the box deltas are the paper's exp(x): a ReLU side that
+  goes negative gets no gradient again.
 
 Dimension letters: B images, C classes, F FPN channels, h/w one level's height/width,
 L_l = h*w locations of one level.
 """
 
-__all__ = ['group_norm_groups', 'flatten_level', 'FCOSHead']
+__all__ = ['group_norm_groups', 'flatten_level', 'MAX_LOG_DELTA', 'positive_deltas', 'FCOSHead']
 
 import math
 
@@ -40,6 +42,19 @@ def flatten_level(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(B, h * w, K)  # (B, h, w, K) -> (B, h*w, K)
 
 
+# exp(MAX_LOG_DELTA) = 1000 strides: no real box is that large, and float16 holds it.
+MAX_LOG_DELTA = math.log(1000.0)
+
+
+def positive_deltas(x: torch.Tensor) -> torch.Tensor:
+    """Raw box-conv outputs (any shape) -> positive deltas exp(min(x, MAX_LOG_DELTA)).
+
+    exp, as in the paper, rather than ReLU: a ReLU'd side that goes negative is 0 and gets no
+    gradient again (see the pitfall below); exp(x) has gradient exp(x) > 0 everywhere.
+    """
+    return torch.exp(x.clamp(max=MAX_LOG_DELTA))
+
+
 class FCOSHead(nn.Module):
     """The FCOS head, shared by all FPN levels.
 
@@ -51,8 +66,9 @@ class FCOSHead(nn.Module):
         prior_prob: π, the initial foreground probability of every class logit.
 
     forward(feats: {"p3": (B, F, h, w), ...}) -> (cls_logits, box_deltas, ctr_logits), each a
-    dict level -> (B, h*w, C) / (B, h*w, 4) / (B, h*w, 1), raw (no activation), flattened
-    row-major (location k = h_idx * w + w_idx).
+    dict level -> (B, h*w, C) / (B, h*w, 4) / (B, h*w, 1), flattened row-major (location
+    k = h_idx * w + w_idx). Class and centerness logits are raw (no activation); box deltas
+    are exp(x) > 0, distances in units of the level's stride.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 64, num_convs: int = 4,
@@ -99,6 +115,6 @@ class FCOSHead(nn.Module):
             cls_features = self.cls_stem(x)  # (B, F, h, w)
             reg_features = self.reg_stem(x)  # (B, F, h, w)
             cls_logits[level] = flatten_level(self.cls_logits(cls_features))  # (B, h*w, C)
-            box_deltas[level] = flatten_level(self.box_deltas(reg_features))  # (B, h*w, 4)
+            box_deltas[level] = flatten_level(positive_deltas(self.box_deltas(reg_features)))  # (B, h*w, 4)
             ctr_logits[level] = flatten_level(self.ctr_logits(reg_features))  # (B, h*w, 1)
         return cls_logits, box_deltas, ctr_logits

@@ -106,7 +106,7 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
 
     Args:
         cls_logits: (B, L, C) raw class logits.
-        box_deltas: (B, L, 4) raw LTRB deltas, in units of the location's stride.
+        box_deltas: (B, L, 4) LTRB deltas from the head (exp(x) > 0), in units of the location's stride.
         ctr_logits: (B, L, 1) raw centerness logits.
         targets: FCOSTargets(matched_boxes (B, L, 5), deltas (B, L, 4), centerness (B, L)) from
             fcos_build_targets; background rows are -1.

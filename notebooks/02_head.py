@@ -19,7 +19,7 @@
 # predicts, at **every location** of every level:
 #
 # - `C` class logits (is there an object of class c whose box contains this location?),
-# - 4 box deltas `(l, t, r, b)`: distances from the location to the box's four sides,
+# - 4 box deltas `(l, t, r, b)`: positive distances from the location to the box's four sides,
 # - 1 centerness logit: how close the location is to the centre of that box.
 #
 # The same head (the same weights) runs on all three levels (FCOS, Tian et al. 2019, §3.2):
@@ -55,7 +55,7 @@ _ = torch.manual_seed(0)
 # ```
 #                ┌─ cls stem: num_convs x [3x3 conv, GroupNorm, ReLU] ─── 3x3 conv ─► C class logits
 #  p_l ──────────┤
-#  (B, F, h, w)  └─ reg stem: num_convs x [3x3 conv, GroupNorm, ReLU] ─┬─ 3x3 conv ─► 4 box deltas (l, t, r, b)
+#  (B, F, h, w)  └─ reg stem: num_convs x [3x3 conv, GroupNorm, ReLU] ─┬─ 3x3 conv, exp ─► 4 box deltas (l, t, r, b)
 #                                                                      └─ 3x3 conv ─► 1 centerness logit
 # ```
 #
@@ -86,11 +86,13 @@ Chapter 02 of the course (notebooks/02_head.py).
 
 References:
 - FCOS: Tian et al. 2019, "FCOS: Fully Convolutional One-Stage Object Detection", §3.1
-  (per-location classification and (l, t, r, b) regression, prior-probability bias init),
-  §3.2 (one head shared across FPN levels), §3.3 (centerness).
+  (per-location classification and (l, t, r, b) regression as exp(x), prior-probability bias
+  init), §3.2 (one head shared across FPN levels), §3.3 (centerness).
 - Checked against torchvision.models.detection.fcos (FCOSClassificationHead,
   FCOSRegressionHead): 3x3 convs + GroupNorm(32) + ReLU stems, N(0, 0.01) init of every head
-  conv, centerness on the regression branch, (B, H*W, K) row-major flattening.
+  conv, centerness on the regression branch, (B, H*W, K) row-major flattening. Unlike
+  torchvision (ReLU on the box output), the box deltas are the paper's exp(x): a ReLU side that
+  goes negative gets no gradient again.
 
 Dimension letters: B images, C classes, F FPN channels, h/w one level's height/width,
 L_l = h*w locations of one level.
@@ -117,10 +119,25 @@ def flatten_level(x: torch.Tensor) -> torch.Tensor:
     B, K, h, w = x.shape
     return x.permute(0, 2, 3, 1).reshape(B, h * w, K)  # (B, h, w, K) -> (B, h*w, K)
 
+
+# exp(MAX_LOG_DELTA) = 1000 strides: no real box is that large, and float16 holds it.
+MAX_LOG_DELTA = math.log(1000.0)
+
+
+def positive_deltas(x: torch.Tensor) -> torch.Tensor:
+    """Raw box-conv outputs (any shape) -> positive deltas exp(min(x, MAX_LOG_DELTA)).
+
+    exp, as in the paper, rather than ReLU: a ReLU'd side that goes negative is 0 and gets no
+    gradient again (see the pitfall below); exp(x) has gradient exp(x) > 0 everywhere.
+    """
+    return torch.exp(x.clamp(max=MAX_LOG_DELTA))
+
 # %% [markdown]
 # Check: the group rule on a few widths, and the flattening order on a tiny map whose values
 # encode their own position, `10 * h + w`. Row-major means: all of row 0 left to right, then
-# row 1, so location `k` sits at `(h, w) = divmod(k, W)`.
+# row 1, so location `k` sits at `(h, w) = divmod(k, W)`. Last, `positive_deltas` (why `exp`:
+# see the head below): always > 0, capped at 1000, and its gradient is never zero below the
+# cap, also for negative inputs, where a ReLU would give 0.
 
 # %%
 print({F: group_norm_groups(F) for F in (16, 20, 48, 64, 256)})
@@ -130,6 +147,10 @@ print(pos)
 flat = flatten_level(pos.view(1, 1, h, w))  # (1, h*w, 1)
 print(flat[0, :, 0].tolist())
 assert all(flat[0, k, 0] == 10 * (k // w) + k % w for k in range(h * w))
+x = torch.tensor([-5.0, -1.0, 0.0, 1.0, 50.0], requires_grad=True)
+positive_deltas(x).sum().backward()
+print("positive_deltas:", [round(v, 3) for v in positive_deltas(x).tolist()], "gradient > 0 below the cap:",
+      bool((x.grad[:4] > 0).all()))
 
 # %% [markdown]
 # ## Initialisation
@@ -157,8 +178,20 @@ assert all(flat[0, k, 0] == 10 * (k // w) + k % w for k in range(h * w))
 # `exp(s_l · x)` with a learnable `s_l` per level, because its targets are in pixels and a
 # box at `p5` is ~4x larger than one at `p3`. We regress deltas divided by the level's
 # stride (chapter 05), so targets have the same range at every level and one shared head
-# needs no per-level scale. The deltas come out raw (no `exp`, no ReLU); decoding clamps them
-# at 0 (chapter 05), and the GIoU loss (chapter 07) sees the decoded boxes.
+# needs no per-level scale.
+#
+# **Kept from the paper: `exp`.** A distance is positive, so the head returns
+# `exp(x)`, not the raw conv output `x`. At initialisation `x ≈ 0`, so every location starts
+# with a box reaching one stride on each side.
+#
+# > **Pitfall: ReLU on the deltas (the later FCOS, torchvision's head) has a dead zone.** A side
+# > predicted negative is cut to 0 and gets no gradient through the GIoU loss (chapter 07). If
+# > early training pushes the shared bias of the box conv below 0, every side is dead and the
+# > box loss sits at exactly 1.0 for the rest of the run. We saw it happen: without centre
+# > sampling (chapter 04), on a harder generated dataset, every box collapsed within 20
+# > iterations and the run ended with mAP 0. With `exp` the gradient never vanishes, and the
+# > same run trained normally. The `exp` is clamped at `exp(MAX_LOG_DELTA)` = 1000 strides, far
+# > beyond any image, so it cannot overflow (also not in float16).
 
 # %%
 #| export
@@ -173,8 +206,9 @@ class FCOSHead(nn.Module):
         prior_prob: π, the initial foreground probability of every class logit.
 
     forward(feats: {"p3": (B, F, h, w), ...}) -> (cls_logits, box_deltas, ctr_logits), each a
-    dict level -> (B, h*w, C) / (B, h*w, 4) / (B, h*w, 1), raw (no activation), flattened
-    row-major (location k = h_idx * w + w_idx).
+    dict level -> (B, h*w, C) / (B, h*w, 4) / (B, h*w, 1), flattened row-major (location
+    k = h_idx * w + w_idx). Class and centerness logits are raw (no activation); box deltas
+    are exp(x) > 0, distances in units of the level's stride.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 64, num_convs: int = 4,
@@ -221,7 +255,7 @@ class FCOSHead(nn.Module):
             cls_features = self.cls_stem(x)  # (B, F, h, w)
             reg_features = self.reg_stem(x)  # (B, F, h, w)
             cls_logits[level] = flatten_level(self.cls_logits(cls_features))  # (B, h*w, C)
-            box_deltas[level] = flatten_level(self.box_deltas(reg_features))  # (B, h*w, 4)
+            box_deltas[level] = flatten_level(positive_deltas(self.box_deltas(reg_features)))  # (B, h*w, 4)
             ctr_logits[level] = flatten_level(self.ctr_logits(reg_features))  # (B, h*w, 1)
         return cls_logits, box_deltas, ctr_logits
 
@@ -270,14 +304,14 @@ for k in (0, 13, 14, 139):
 # ## Picture: the initial outputs
 #
 # Before training, the head should be calm: class probabilities bunched around π, box deltas
-# and centerness logits small (well under 1 in size). A histogram per output over all
-# locations of the batch shows it.
+# bunched around `exp(0) = 1` (one stride on each side), centerness logits small (well under 1
+# in size). A histogram per output over all locations of the batch shows it.
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(13, 3))
 values = {
     "class probability (sigmoid)": probs,
-    "box deltas (raw)": torch.cat([d.flatten() for d in box_deltas.values()]),
+    "box deltas (exp)": torch.cat([d.flatten() for d in box_deltas.values()]),
     "centerness logit (raw)": torch.cat([c.flatten() for c in ctr_logits.values()]),
 }
 for ax, (title, v) in zip(axes, values.items()):

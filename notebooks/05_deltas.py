@@ -208,8 +208,9 @@ plt.show()
 #
 # - predicted deltas are **clamped at 0** first: a negative distance would put the box's
 #   left side to the right of the location (a box that does not contain its own location,
-#   possibly with `x2 < x1`). Our head outputs raw numbers (chapter 02), so the clamp is
-#   where "distances are positive" is enforced at decode time.
+#   possibly with `x2 < x1`). Our head already returns `exp(x) > 0` (chapter 02), so on its
+#   outputs the clamp never acts; it guards every other caller (a head with no activation, a
+#   hand-made tensor). Do not rely on it in a loss: a clamped side has no gradient.
 # - with `image_size=(H, W)`, the boxes are **clipped** to the image, `0 <= x <= W`,
 #   `0 <= y <= H`.
 #

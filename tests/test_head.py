@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from fcos_lib.head import FCOSHead, flatten_level, group_norm_groups
+from fcos_lib.head import FCOSHead, flatten_level, group_norm_groups, positive_deltas
 
 
 def make_feats(B=2, F=32, sizes=((20, 28), (10, 14), (5, 7))):
@@ -73,7 +73,7 @@ def test_head_row_k_is_the_conv_output_at_divmod_k_w():
     for k in (0, 13, 14, 139):
         hk, wk = divmod(k, 14)
         torch.testing.assert_close(cls_logits["p4"][:, k], cls_map[:, :, hk, wk])
-        torch.testing.assert_close(box_deltas["p4"][:, k], box_map[:, :, hk, wk])
+        torch.testing.assert_close(box_deltas["p4"][:, k], positive_deltas(box_map[:, :, hk, wk]))
         torch.testing.assert_close(ctr_logits["p4"][:, k], ctr_map[:, :, hk, wk])
 
 
@@ -117,3 +117,20 @@ def test_wrong_channels_and_arguments_are_refused():
         FCOSHead(num_classes=0)
     with pytest.raises(ValueError, match="prior_prob"):
         FCOSHead(num_classes=3, prior_prob=1.0)
+
+
+def test_positive_deltas_are_exp_capped_and_never_dead():
+    x = torch.tensor([-8.0, -1.0, 0.0, 2.0, 100.0], requires_grad=True)
+    y = positive_deltas(x)
+    torch.testing.assert_close(y[:4], torch.exp(x[:4]))
+    assert y[4].item() == pytest.approx(1000.0)  # capped: exp(100) would overflow float16
+    assert positive_deltas(torch.tensor([100.0], dtype=torch.float16)).isfinite().all()
+    y.sum().backward()
+    assert (x.grad[:4] > 0).all()  # a ReLU would give 0 for the negative inputs
+
+
+def test_box_deltas_are_positive_even_when_the_conv_output_is_negative():
+    head = FCOSHead(num_classes=2, in_channels=32)
+    nn.init.constant_(head.box_deltas.bias, -3.0)  # every raw output < 0
+    _, box_deltas, _ = head(make_feats())
+    assert all((d > 0).all() for d in box_deltas.values())

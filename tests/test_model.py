@@ -25,6 +25,20 @@ def test_training_mode_returns_three_finite_scalar_losses(model):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("center_sampling_radius", [1.5, None])
+def test_giou_gradient_reaches_boxes_whose_raw_outputs_are_all_negative(center_sampling_radius):
+    # The collapse a ReLU'd head falls into: every raw box output < 0. With exp the GIoU loss
+    # still pushes the box conv (chapter 02's pitfall); with a ReLU this gradient would be 0.
+    torch.manual_seed(0)
+    model = FCOS(num_classes=5, fpn_channels=32, num_convs=2,
+                 center_sampling_radius=center_sampling_radius).train()
+    torch.nn.init.constant_(model.head.box_deltas.bias, -4.0)
+    losses = model(torch.rand(2, 3, 160, 224), GT)
+    losses["loss_box"].backward()
+    grad = model.head.box_deltas.bias.grad
+    assert grad is not None and (grad < 0).all()  # descent raises every side: the boxes grow back
+
+
 @pytest.mark.parametrize("box_loss", ["giou", "l1"])
 def test_empty_batches_train(box_loss):
     torch.manual_seed(0)
