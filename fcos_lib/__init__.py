@@ -5,7 +5,8 @@ below are the ones a practitioner needs most; everything else is in the modules.
 """
 __version__ = "0.1.0"
 
-from fcos_lib.data import VOCDataset, collate_detection, make_course_dataset
+from fcos_lib.course_data import make_course_dataset
+from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.inference import detect
 from fcos_lib.model import FCOS
 

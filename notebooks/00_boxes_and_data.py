@@ -53,42 +53,14 @@ if "google.colab" in sys.modules:
 # classes, `H, W` image height and width.
 
 # %%
-#| export
-"""Boxes and data: the course's box format, a VOC-layout loader and the generated dataset.
+#| export env
+"""Where the course runs: the offline switch and the folder that holds datasets.
 
-Chapter 00 of the FCOS course: edit notebooks/00_boxes_and_data.py. The box notation follows the
-FCOS paper (Tian et al., 2019, section 3.1: B_i = (x0, y0, x1, y1, c), absolute pixels). The VOC
-conventions follow the PASCAL VOC devkit; the letterbox uses torchvision.transforms.v2 with
-tv_tensors.BoundingBoxes, so the box maths of resize, flip and pad is torchvision's.
-
-Box contract: (x1, y1, x2, y2) float, absolute 0-based pixels measured on pixel edges,
-0 <= x1 < x2 <= W, 0 <= y1 < y2 <= H. Ground truth of one image: (N, 5) rows (x1, y1, x2, y2, c)
-with c in [0, C); a batch: (B, N, 5) padded with rows of -1.
-Letters: B images, N boxes per image, C classes, S the square network input side.
+Chapter 00 of the FCOS course (notebooks/00_boxes_and_data.py). Every module that could reach the
+network (ImageNet weights in chapter 01, PASCAL VOC in chapter 00) asks `is_offline()` first.
 """
-import colorsys
-import json
-import math
 import os
-import shutil
-import time
-import uuid
-import xml.etree.ElementTree as ET
 from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-
-
-class DatasetError(ValueError):
-    """A dataset folder, split file, annotation or image that cannot be used as given.
-
-    The message names the file, says what was found and how to fix it; the CLI prints it as one line.
-    """
 
 
 def is_offline() -> bool:
@@ -101,6 +73,31 @@ def default_data_dir() -> Path:
     env = os.environ.get("FCOS_DATA_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fcos_lib"
 
+# %%
+#| export voc
+"""The PASCAL VOC format: XML annotations, the folder layout, split files, the download.
+
+Chapter 00 of the FCOS course (notebooks/00_boxes_and_data.py). The VOC conventions follow the
+PASCAL VOC devkit (Everingham et al. 2010): 1-based inclusive pixel indices in the XML, converted
+here to the course's box contract.
+
+Box contract: (x1, y1, x2, y2) float, absolute 0-based pixels measured on pixel edges,
+0 <= x1 < x2 <= W, 0 <= y1 < y2 <= H. Letters: N boxes per image, C classes.
+"""
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import torch
+
+from fcos_lib.env import default_data_dir, is_offline
+
+
+class DatasetError(ValueError):
+    """A dataset folder, split file, annotation or image that cannot be used as given.
+
+    The message names the file, says what was found and how to fix it; the CLI prints it as one line.
+    """
+
 
 # The 20 PASCAL VOC classes, in the devkit's (alphabetical) order.
 VOC_CLASSES = (
@@ -108,13 +105,10 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )
-# The generated course dataset's classes, sorted like read_class_names() returns them.
-COURSE_CLASSES = ("cross", "ellipse", "rectangle", "star", "triangle")
 
 # %%
 assert issubclass(DatasetError, ValueError)  # code that catches ValueError also catches it
 print(len(VOC_CLASSES), list(VOC_CLASSES) == sorted(VOC_CLASSES))
-print(COURSE_CLASSES, list(COURSE_CLASSES) == sorted(COURSE_CLASSES))
 print("offline:", is_offline())
 
 # %% [markdown]
@@ -163,7 +157,7 @@ EXAMPLE_XML = """<annotation>
 # box that overshoots the image by at most one pixel is clipped; more than that is an error.
 
 # %%
-#| export
+#| export voc
 def _parse_xml(xml_path: Path) -> ET.Element:
     try:
         return ET.parse(xml_path).getroot()
@@ -290,7 +284,10 @@ assert ann["size"] == (100, 200)  # (H, W), the order torch uses for images
 #   four distances to the box sides, `max(l, t, r, b)`: p3 `(0, 64)`, p4 `[64, 128)`, p5
 #   `[128, inf)`. Sizes are drawn relative to the 224-px network input: small (10-64 px), medium
 #   (64-128 px) and large (132-215 px, at most one per image);
-# - **aspect ratios from 1:1 to 1:2.5**, overlapping objects (each stays at least 30% visible);
+# - **aspect ratios from 1:1 to 1:2.5**, with the short side at least 12 px (`MIN_SHORT_SIDE`) unless
+#   the object is tiny: a box thinner than the p3 stride (8 px) could miss every location, and a
+#   box that no location learns is a box the model can never find;
+# - overlapping objects (each stays at least 30% visible);
 # - **empty images** (every 12th image: background only);
 # - **`difficult` objects**, as in VOC: tiny ones (under 10 px at 224) and heavily occluded ones
 #   (under 45% visible). Their boxes are the full object, as VOC annotates occluded objects.
@@ -301,8 +298,33 @@ assert ann["size"] == (100, 200)  # (H, W), the order torch uses for images
 # reused, and an interrupted run leaves nothing half-written under the final name.
 
 # %%
-#| export
-_GENERATOR_VERSION = 1
+#| export course_data
+"""The course dataset: PASCAL-VOC-layout detection data drawn on the spot, offline and deterministic.
+
+Chapter 00 of the FCOS course (notebooks/00_boxes_and_data.py). Five shape classes on textured
+backgrounds, sized for all three FPN levels of a 224-px input; see make_course_dataset.
+"""
+import colorsys
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fcos_lib.env import default_data_dir
+from fcos_lib.voc import DatasetError
+
+# The generated course dataset's classes, sorted like read_class_names() returns them.
+COURSE_CLASSES = ("cross", "ellipse", "rectangle", "star", "triangle")
+_GENERATOR_VERSION = 2  # 2: short sides >= MIN_SHORT_SIDE, so every box can be learnt
+# The short side of an object that is not difficult, in pixels of the 224-px input: wider than one
+# p3 stride (8 px), so the box always holds a p3 location near its centre (chapter 04 matches it).
+MIN_SHORT_SIDE = 12
 _REFERENCE_SIZE = 224  # object sizes are drawn in pixels of a 224-px letterboxed input
 _HUES = {"cross": 285.0, "ellipse": 2.0, "rectangle": 215.0, "star": 50.0, "triangle": 125.0}  # degrees
 _TRIANGLES = ("up", "down", "left", "right")
@@ -389,8 +411,10 @@ def _generate_image(rng: np.random.Generator, empty: bool) -> tuple[np.ndarray, 
         allow_large = not any(o["large"] for o in objects)
         for _attempt in range(20):
             side, tiny = _draw_size(rng, allow_large)
-            side = side * to_image
-            aspect = math.exp(rng.uniform(0.0, math.log(2.5)))  # long side / short side
+            # long side / short side, at most 2.5, and small enough that the short side stays >= MIN_SHORT_SIDE
+            max_aspect = 2.5 if tiny else min(2.5, max(1.0, side / MIN_SHORT_SIDE))
+            aspect = math.exp(rng.uniform(0.0, math.log(max_aspect)))
+            side = side * to_image  # 224-px input pixels -> this image's pixels
             w, h = side, side / aspect
             if rng.random() < 0.5:
                 w, h = h, w
@@ -557,14 +581,18 @@ print("\n".join((root / "Annotations" / "train_00000.xml").read_text().splitline
 # with the pixels. The flip (`augment=True`) happens before the padding, so the padding stays on
 # the right.
 
+# %% [markdown]
+# The code comes in three modules, one concept each, so that you know where to look:
+#
+# - `fcos_lib.voc`: the VOC **folder layout**: is this a VOC folder, which ids does a split list,
+#   where is an id's annotation and image file;
+# - `fcos_lib.transforms`: the **letterbox** (resize and pad, and back);
+# - `fcos_lib.data`: the **dataset** that ties them together, and the batches.
+
 # %%
-#| export
-# ImageNet mean RGB: the padding becomes ~0 once the backbone normalises the image.
-_PAD_FILL = (124, 116, 104)
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
-
-
-def _check_root(root) -> Path:
+#| export voc
+def check_voc_root(root) -> Path:
+    """root as a Path if it holds ImageSets/Main; otherwise a DatasetError that says what to pass."""
     root = Path(root).expanduser()
     if (root / "ImageSets" / "Main").is_dir():
         return root
@@ -574,12 +602,13 @@ def _check_root(root) -> Path:
         hint = f" It contains {found[0].relative_to(root)}: pass root={found[0]}."
     raise DatasetError(
         f"root={root} is not a VOC-layout dataset folder (no ImageSets/Main inside)." + hint +
-        " Generate the offline course dataset with fcos_lib.data.make_course_dataset(root), or "
-        "download PASCAL VOC with fcos_lib.data.download_voc(root) (needs internet, FCOS_OFFLINE unset)."
+        " Generate the offline course dataset with fcos_lib.course_data.make_course_dataset(root), or "
+        "download PASCAL VOC with fcos_lib.voc.download_voc(root) (needs internet, FCOS_OFFLINE unset)."
     )
 
 
-def _read_split(root: Path, split: str) -> list[str]:
+def read_split(root: Path, split: str) -> list[str]:
+    """The image ids listed in root/ImageSets/Main/<split>.txt (first word of each non-empty line)."""
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
         # VOC also has per-class files (dog_train.txt); list only the plain splits.
@@ -591,7 +620,8 @@ def _read_split(root: Path, split: str) -> list[str]:
     return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
 
 
-def _annotation_path(root: Path, split: str, image_id: str) -> Path:
+def annotation_path(root: Path, split: str, image_id: str) -> Path:
+    """root/Annotations/<image_id>.xml, or a DatasetError naming the split that lists the id."""
     xml_path = root / "Annotations" / f"{image_id}.xml"
     if not xml_path.is_file():
         raise DatasetError(
@@ -606,10 +636,10 @@ def read_class_names(root, split: str = "trainval") -> list[str]:
 
     On PASCAL VOC this gives VOC_CLASSES; on the generated set, COURSE_CLASSES.
     """
-    root = _check_root(root)
+    root = check_voc_root(root)
     names = set()
-    for image_id in _read_split(root, split):
-        for obj in _parse_xml(_annotation_path(root, split, image_id)).findall("object"):
+    for image_id in read_split(root, split):
+        for obj in _parse_xml(annotation_path(root, split, image_id)).findall("object"):
             names.add((obj.findtext("name") or "").strip())
     names.discard("")
     if not names:
@@ -618,6 +648,113 @@ def read_class_names(root, split: str = "trainval") -> list[str]:
             "pass class_names explicitly"
         )
     return sorted(names)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
+
+
+def image_file(root: Path, split: str, image_id: str, xml_path: Path) -> Path:
+    """The image file of one annotation: JPEGImages/<id>.jpg (.png, ...) or the XML's <filename>."""
+    folder = root / "JPEGImages"
+    candidates = [folder / f"{image_id}{s}" for s in IMAGE_SUFFIXES]
+    filename = (_parse_xml(xml_path).findtext("filename") or "").strip()
+    if filename:
+        candidates.insert(1, folder / filename)  # exports may name images differently
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise DatasetError(
+            f"{xml_path.name} has no image: looked for {image_id}.jpg (or .png, .jpeg) and "
+            f"{filename or 'its <filename>'} in {folder}; add the image or remove {image_id!r} "
+            f"from ImageSets/Main/{split}.txt"
+        )
+    return found
+
+# %% [markdown]
+# The letterbox, for one image and its boxes:
+
+# %%
+#| export transforms
+"""The letterbox: resize the longest side to S, pad to S x S, and map boxes back.
+
+Chapter 00 of the FCOS course (notebooks/00_boxes_and_data.py). torchvision.transforms.v2 does
+the box maths (tv_tensors.BoundingBoxes move with the pixels through Resize and Pad).
+
+Box contract: (x1, y1, x2, y2) float, absolute 0-based pixels on pixel edges. Letters: K boxes,
+S the square network input side, (H, W) the original image, (h, w) its letterboxed content.
+"""
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+# ImageNet mean RGB: the padding becomes ~0 once the backbone normalises the image.
+PAD_FILL = (124, 116, 104)
+
+
+def resize_longest(image, boxes, S: int):
+    """Scale the longest side to S, keeping the aspect ratio; boxes move with the pixels."""
+    return v2.Resize(size=None, max_size=S)(image, boxes)
+
+
+def pad_square(image, boxes, S: int):
+    """Pad the bottom and right to S x S with the ImageNet mean; boxes are unchanged."""
+    h, w = image.shape[-2:]
+    return v2.Pad([0, 0, S - w, S - h], fill={tv_tensors.Image: PAD_FILL, "others": 0})(image, boxes)
+
+
+def letterbox(image, image_size: int) -> tuple[torch.Tensor, dict]:
+    """Letterbox one image exactly as VOCDataset does, for inference on image files.
+
+    Args:
+        image: a PIL image or a (3, H, W) uint8 tensor.
+        image_size: S, a multiple of 32.
+    Returns:
+        (3, S, S) float32 image in [0, 1], and a dict with orig_size (H, W) and resized_size
+        (h, w) that `boxes_to_original` accepts.
+    """
+    tensor = v2.functional.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+    if tensor.ndim != 3 or tensor.shape[0] != 3 or tensor.shape[-1] < 1 or tensor.shape[-2] < 1:
+        raise ValueError(f"image must be RGB (3, H, W) with H, W >= 1, got shape {tuple(tensor.shape)}")
+    no_boxes = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=tuple(tensor.shape[-2:]))
+    resized, _ = resize_longest(tv_tensors.Image(tensor), no_boxes, image_size)
+    h, w = resized.shape[-2:]
+    padded, _ = pad_square(resized, no_boxes, image_size)
+    meta = {"orig_size": tuple(tensor.shape[-2:]), "resized_size": (int(h), int(w))}
+    return v2.functional.to_dtype(padded.as_subclass(torch.Tensor), torch.float32, scale=True), meta
+
+# %% [markdown]
+# And the dataset. Every annotation is parsed in `__init__`, so a bad file stops the run at once,
+# not hours into training.
+
+# %%
+#| export
+"""The detection dataset over any VOC-layout folder, and batches of it.
+
+Chapter 00 of the FCOS course (notebooks/00_boxes_and_data.py): VOCDataset (letterboxed images,
+boxes in network-input pixels) and collate_detection ((B, N, 5) ground truth padded with -1).
+
+Box contract: (x1, y1, x2, y2) float, absolute 0-based pixels measured on pixel edges,
+0 <= x1 < x2 <= W, 0 <= y1 < y2 <= H. Ground truth of one image: (N, 5) rows (x1, y1, x2, y2, c)
+with c in [0, C); a batch: (B, N, 5) padded with rows of -1.
+Letters: B images, N boxes per image, C classes, S the square network input side.
+"""
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from fcos_lib.transforms import pad_square, resize_longest
+from fcos_lib.voc import (DatasetError, annotation_path, check_voc_root, image_file, parse_voc_annotation,
+                          read_class_names, read_split)
+# Re-exported for code written against fcos_lib 0.1, where everything lived in fcos_lib.data.
+from fcos_lib.course_data import COURSE_CLASSES, make_course_dataset  # noqa: F401
+from fcos_lib.drawing import draw_boxes  # noqa: F401
+from fcos_lib.env import default_data_dir, is_offline  # noqa: F401
+from fcos_lib.transforms import boxes_to_original, letterbox  # noqa: F401
+from fcos_lib.voc import VOC_CLASSES, download_voc  # noqa: F401
 
 
 def load_image(path) -> Image.Image:
@@ -638,38 +775,6 @@ def load_image(path) -> Image.Image:
 def _read_image(path: Path) -> torch.Tensor:
     """Decode an image file to (3, H, W) uint8 RGB."""
     return v2.functional.pil_to_tensor(load_image(path))
-
-
-def _resize_longest(image, boxes, S: int):
-    """Scale the longest side to S, keeping the aspect ratio; boxes move with the pixels."""
-    return v2.Resize(size=None, max_size=S)(image, boxes)
-
-
-def _pad_square(image, boxes, S: int):
-    """Pad the bottom and right to S x S with the ImageNet mean; boxes are unchanged."""
-    h, w = image.shape[-2:]
-    return v2.Pad([0, 0, S - w, S - h], fill={tv_tensors.Image: _PAD_FILL, "others": 0})(image, boxes)
-
-
-def letterbox(image, image_size: int) -> tuple[torch.Tensor, dict]:
-    """Letterbox one image exactly as VOCDataset does, for inference on image files.
-
-    Args:
-        image: a PIL image or a (3, H, W) uint8 tensor.
-        image_size: S, a multiple of 32.
-    Returns:
-        (3, S, S) float32 image in [0, 1], and a dict with orig_size (H, W) and resized_size
-        (h, w) that `boxes_to_original` accepts.
-    """
-    tensor = v2.functional.pil_to_tensor(image) if isinstance(image, Image.Image) else image
-    if tensor.ndim != 3 or tensor.shape[0] != 3 or tensor.shape[-1] < 1 or tensor.shape[-2] < 1:
-        raise DatasetError(f"image must be RGB (3, H, W) with H, W >= 1, got shape {tuple(tensor.shape)}")
-    no_boxes = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=tuple(tensor.shape[-2:]))
-    resized, _ = _resize_longest(tv_tensors.Image(tensor), no_boxes, image_size)
-    h, w = resized.shape[-2:]
-    padded, _ = _pad_square(resized, no_boxes, image_size)
-    meta = {"orig_size": tuple(tensor.shape[-2:]), "resized_size": (int(h), int(w))}
-    return v2.functional.to_dtype(padded.as_subclass(torch.Tensor), torch.float32, scale=True), meta
 
 
 class VOCDataset(Dataset):
@@ -698,9 +803,9 @@ class VOCDataset(Dataset):
                  augment: bool = False, in_memory: bool = False):
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32 (the stride of p5), got {image_size!r}")
-        self.root = _check_root(root)
+        self.root = check_voc_root(root)
         self.split = split
-        self.image_ids = _read_split(self.root, split)
+        self.image_ids = read_split(self.root, split)
         if class_names is None:
             has_trainval = (self.root / "ImageSets" / "Main" / "trainval.txt").is_file()
             class_names = read_class_names(self.root, "trainval" if has_trainval else split)
@@ -714,21 +819,9 @@ class VOCDataset(Dataset):
         self._cache = [self._load_resized(i) for i in range(len(self))] if in_memory else None
 
     def _load_annotation(self, image_id: str) -> dict:
-        xml_path = _annotation_path(self.root, self.split, image_id)
+        xml_path = annotation_path(self.root, self.split, image_id)
         ann = parse_voc_annotation(xml_path, self.class_names)
-        folder = self.root / "JPEGImages"
-        candidates = [folder / f"{image_id}{s}" for s in _IMAGE_SUFFIXES]
-        filename = (_parse_xml(xml_path).findtext("filename") or "").strip()
-        if filename:
-            candidates.insert(1, folder / filename)  # exports may name images differently
-        image_path = next((p for p in candidates if p.is_file()), None)
-        if image_path is None:
-            raise DatasetError(
-                f"{xml_path.name} has no image: looked for {image_id}.jpg (or .png, .jpeg) and "
-                f"{filename or 'its <filename>'} in {folder}; add the image or remove {image_id!r} "
-                f"from ImageSets/Main/{self.split}.txt"
-            )
-        return {"image_id": image_id, "image_path": image_path, **ann}
+        return {"image_id": image_id, "image_path": image_file(self.root, self.split, image_id, xml_path), **ann}
 
     def _load_resized(self, i: int):
         """Decode image i and scale its longest side to S: (image (3, h, w) uint8, boxes (N, 4))."""
@@ -740,7 +833,7 @@ class VOCDataset(Dataset):
                 f"annotation's <size> says {ann['size'][1]} x {ann['size'][0]}; fix the <size> or re-export"
             )
         boxes = tv_tensors.BoundingBoxes(ann["boxes"], format="XYXY", canvas_size=ann["size"])
-        return _resize_longest(tv_tensors.Image(image), boxes, self.image_size)
+        return resize_longest(tv_tensors.Image(image), boxes, self.image_size)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -755,7 +848,7 @@ class VOCDataset(Dataset):
             image, boxes = self._flip(image, boxes)
         h, w = image.shape[-2:]
         S = self.image_size
-        image, boxes = _pad_square(image, boxes, S)
+        image, boxes = pad_square(image, boxes, S)
         ann = self.annotations[i]
         target = {
             "boxes": boxes.as_subclass(torch.Tensor).float() + 0.0,  # (N, 4); + 0.0 turns a flipped -0. into 0.
@@ -790,7 +883,7 @@ assert target["resized_size"][0] == 224 or target["resized_size"][1] == 224  # t
 # reaching into it are clipped to the image.
 
 # %%
-#| export
+#| export transforms
 def boxes_to_original(boxes: torch.Tensor, target: dict) -> torch.Tensor:
     """Undo the letterbox: boxes (K, 4) xyxy in network-input pixels -> (K, 4) in original pixels.
 
@@ -860,7 +953,15 @@ assert (gt_boxes[3] == -1).all() and (gt_boxes[..., 4] >= -1).all()
 # Dashed boxes are `difficult`.
 
 # %%
-#| export
+#| export drawing
+"""Pictures of boxes: draw_boxes on a matplotlib axis, one colour per class.
+
+Chapter 00 of the FCOS course (notebooks/00_boxes_and_data.py). matplotlib is imported inside the
+function, so importing fcos_lib never needs a display.
+"""
+import torch
+
+
 def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None, difficult=None, linewidth=1.5):
     """Draw xyxy boxes on a matplotlib axis, one colour per class (or `color` for all).
 
@@ -977,7 +1078,7 @@ plt.show()
 # `VOCDataset` with `class_names=None`.
 
 # %%
-#| export
+#| export voc
 def download_voc(root=None, year: str = "2007", image_set: str = "trainval") -> Path:
     """PASCAL VOC in root/VOCdevkit/VOC{year}, downloaded with torchvision when it is not there.
 
@@ -1054,7 +1155,7 @@ image, target = tiny_set[0]
 print(tiny_set.class_names, target["labels"].tolist(), target["difficult"].tolist())
 print(target["orig_size"], target["resized_size"], [[round(v, 3) for v in b] for b in target["boxes"].tolist()])
 assert torch.allclose(target["boxes"], torch.tensor([[0.0, 0.0, 56.0, 44.8], [112.0, 56.0, 224.0, 112.0]]))
-assert torch.allclose(image[:, 112:, :] * 255, torch.tensor(_PAD_FILL).float()[:, None, None])  # padding
+assert torch.allclose(image[:, 112:, :] * 255, torch.tensor(PAD_FILL).float()[:, None, None])  # padding
 xml_minus_offset = torch.tensor([[1 - 1, 1 - 1, 50, 40], [101 - 1, 51 - 1, 200, 100]], dtype=torch.float32)
 assert torch.allclose(boxes_to_original(target["boxes"], target), xml_minus_offset, atol=1e-4)
 print("letterbox round trip exact: True")
@@ -1079,4 +1180,9 @@ shutil.rmtree(example_dir)
 #   three FPN sizes, empty images, `difficult` objects) once, and reuses it.
 # - `VOCDataset` + `collate_detection` give `images (B, 3, S, S)`, `gt_boxes (B, N, 5)` and the
 #   targets; `boxes_to_original` maps boxes back to the original image.
+# - Where it lives: `fcos_lib.voc` (XML, folders, download), `fcos_lib.course_data` (the generated
+#   set), `fcos_lib.transforms` (letterbox), `fcos_lib.data` (dataset, batches),
+#   `fcos_lib.drawing` (pictures), `fcos_lib.env` (the offline switch).
+# - Pitfall to remember: VOC boxes are 1-based and inclusive; forget the `- 1` on `xmin, ymin` and
+#   every box is one pixel off, and a box thinner than a stride may be learnt by no location at all.
 # - Next chapter: the backbone and the FPN that turn `images` into the p3, p4 and p5 features.

@@ -1,4 +1,4 @@
-"""Tests for fcos_lib.data (chapter 00): the VOC parser, the generated dataset, the letterbox loader.
+"""Tests of chapter 00 (fcos_lib.voc, course_data, transforms, data): the VOC parser, the generated dataset, the letterbox loader.
 
 Box convention under test: VOC XML holds 1-based inclusive pixel indices; we use 0-based edges,
 x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax.
@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fcos_lib.data import (
-    COURSE_CLASSES, VOC_CLASSES, DatasetError, VOCDataset, boxes_to_original, collate_detection,
-    default_data_dir, download_voc, is_offline, make_course_dataset, parse_voc_annotation,
-    read_class_names,
-)
+from fcos_lib.course_data import COURSE_CLASSES, make_course_dataset
+from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.env import default_data_dir, is_offline
+from fcos_lib.transforms import boxes_to_original
+from fcos_lib.voc import VOC_CLASSES, DatasetError, download_voc, parse_voc_annotation, read_class_names
 
 XML = """<annotation>
   <filename>{image_id}.jpg</filename>
@@ -373,3 +373,27 @@ def test_download_voc_offline(tmp_path, monkeypatch):
     # Already on disk: returned without any download, even offline.
     folder = make_voc(tmp_path / "VOCdevkit" / "VOC2007", {"a": (60, 50, [])}, splits={"trainval": ["a"]})
     assert download_voc(tmp_path, "2007", "trainval") == folder
+
+
+@pytest.mark.parametrize("center_sampling_radius", [1.5, None])
+def test_every_box_that_is_not_difficult_gets_a_positive_location(center_sampling_radius):
+    # A box that no location is matched to gets no gradient: the model can never learn it.
+    # Run chapter 04's matching over every generated split at the course's 224-px input.
+    from torch.utils.data import DataLoader
+
+    from fcos_lib.locations import get_fpn_location_coords
+    from fcos_lib.matching import fcos_match_indices
+
+    strides = {"p3": 8, "p4": 16, "p5": 32}
+    locations = get_fpn_location_coords({p: (224 // s, 224 // s) for p, s in strides.items()}, strides)
+    dataset = VOCDataset(make_course_dataset(), "trainval", image_size=224)
+    unmatched, total = [], 0
+    for images, gt_boxes, targets in DataLoader(dataset, batch_size=50, collate_fn=collate_detection):
+        matched = fcos_match_indices(locations, strides, gt_boxes, center_sampling_radius)  # (B, L)
+        for b, target in enumerate(targets):
+            for n in range(len(target["boxes"])):
+                total += 1
+                if not target["difficult"][n] and not (matched[b] == n).any():
+                    unmatched.append((target["image_id"], target["boxes"][n].tolist()))
+    assert total > 2000
+    assert unmatched == [], f"{len(unmatched)} boxes that are not difficult have no positive location: {unmatched[:5]}"
