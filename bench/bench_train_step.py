@@ -18,9 +18,11 @@ from collections import defaultdict
 import torch
 
 from fcos_lib import model as model_module
-from fcos_lib.data import VOCDataset, collate_detection, make_course_dataset
+from fcos_lib.config import improved_recipe
+from fcos_lib.course_data import make_course_dataset
+from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.model import FCOS
-from fcos_lib.train import build_optimizer, improved_recipe
+from fcos_lib.train import build_optimizer
 
 from _timing import device_sync
 

@@ -61,14 +61,17 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 from tqdm.auto import tqdm
 
-from fcos_lib import data as course_data
+from fcos_lib import course_data
 from fcos_lib.backbone import RETURN_NODES, make_regnet_x_400mf, stage_out_channels
-from fcos_lib.data import VOCDataset, boxes_to_original, collate_detection, read_class_names
+from fcos_lib.checkpoint import model_from_checkpoint
+from fcos_lib.config import improved_recipe
+from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.env import default_data_dir
+from fcos_lib.evaluate import detection_metrics
 from fcos_lib.inference import detect
-from fcos_lib.train import (
-    IterationBatchSampler, build_optimizer, build_scheduler, improved_recipe, model_from_checkpoint,
-    random_horizontal_flip, train,
-)
+from fcos_lib.train import IterationBatchSampler, build_optimizer, build_scheduler, random_horizontal_flip, train
+from fcos_lib.transforms import boxes_to_original
+from fcos_lib.voc import read_class_names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,21 +213,22 @@ def train_torchvision(model, dataset: VOCDataset, cfg) -> float:
 # One metric for both
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def map_of(predict, dataset: VOCDataset) -> tuple[float, float]:
-    """(mAP@0.5, mAP@[.5:.95]) in original-image pixels; `predict(images, targets)` -> per-image dicts
-    with boxes in network-input pixels."""
-    voc = MeanAveragePrecision(box_format="xyxy", iou_thresholds=[0.5], backend="faster_coco_eval")
-    coco = MeanAveragePrecision(box_format="xyxy", backend="faster_coco_eval")
+def metrics_of(predict, dataset: VOCDataset) -> dict:
+    """fcos_lib.evaluate.detection_metrics (VOC07, VOC, COCO-style AP50, mAP@[.5:.95]) in original-image
+    pixels; `predict(images, targets)` -> per-image dicts with boxes in network-input pixels."""
+    predictions, ground_truths = [], []
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=collate_detection)
     for images, _, targets in loader:
-        preds = []
         for det, t in zip(predict(images, targets), targets):
-            preds.append({"boxes": boxes_to_original(det["boxes"], t), "scores": det["scores"], "labels": det["labels"]})
-        truth = [{"boxes": boxes_to_original(t["boxes"], t), "labels": t["labels"], "iscrowd": t["difficult"].long()}
-                 for t in targets]
-        voc.update(preds, truth)
-        coco.update(preds, truth)
-    return float(voc.compute()["map"]), float(coco.compute()["map"])
+            predictions.append({"boxes": boxes_to_original(det["boxes"], t), "scores": det["scores"], "labels": det["labels"]})
+            ground_truths.append({"boxes": boxes_to_original(t["boxes"], t), "labels": t["labels"], "difficult": t["difficult"]})
+    return detection_metrics(predictions, ground_truths, dataset.class_names)
+
+
+def content(images: torch.Tensor, targets: list) -> list:
+    """Each letterboxed image cut back to its content (h, w): torchvision's FCOS pads by itself and
+    clips its boxes to the size it was given, so it must be given the real image, not the padding."""
+    return [image[:, :t["resized_size"][0], :t["resized_size"][1]] for image, t in zip(images, targets)]
 
 
 def main() -> None:
@@ -242,7 +246,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    root = Path(args.data) if args.data else make_held_out_dataset(course_data.default_data_dir() / "bench_held_out_voc")
+    root = Path(args.data) if args.data else make_held_out_dataset(default_data_dir() / "bench_held_out_voc")
     class_names = read_class_names(root, args.train_split)
     print(f"data: {root}  classes: {class_names}")
 
@@ -259,25 +263,27 @@ def main() -> None:
     state = train(cfg)
     ours_speed = state["train_images"] / state["train_seconds"]
     ours, _ = model_from_checkpoint(out / "fcos_lib" / "last.pt")
-    ours_map = map_of(lambda images, targets: detect(ours, images, score_thresh=0.05), val_set)
+    ours_map = metrics_of(lambda images, targets: detect(
+        ours, images, score_thresh=0.05, image_sizes=[t["resized_size"] for t in targets]), val_set)
 
     torch.manual_seed(cfg.seed)
     tv = build_torchvision_fcos(len(class_names), args.tv_channels, cfg.image_size)
     tv_speed = train_torchvision(tv, train_set, cfg)
     tv.eval()
-    tv_map = map_of(lambda images, targets: tv(list(images)), val_set)
+    tv_map = metrics_of(lambda images, targets: tv(content(images, targets)), val_set)
 
     n_ours = sum(p.numel() for p in ours.parameters()) / 1e6
     n_tv = sum(p.numel() for p in tv.parameters()) / 1e6
     print()
-    print(f"{'':24s} {'mAP@0.5':>8s} {'mAP@[.5:.95]':>13s} {'train img/s':>12s} {'params (M)':>11s}")
-    print(f"{'fcos_lib FCOS':24s} {ours_map[0]:8.3f} {ours_map[1]:13.3f} {ours_speed:12.1f} {n_ours:11.2f}")
-    print(f"{'torchvision FCOS':24s} {tv_map[0]:8.3f} {tv_map[1]:13.3f} {tv_speed:12.1f} {n_tv:11.2f}")
-    print(f"fcos_lib - torchvision: mAP@0.5 {ours_map[0] - tv_map[0]:+.3f}, mAP@[.5:.95] {ours_map[1] - tv_map[1]:+.3f}")
+    keys = ("voc07_map50", "voc_map50", "map50", "map")
+    print(f"{'':18s}" + "".join(f"{k:>12s}" for k in keys) + f"{'train img/s':>12s}{'params (M)':>11s}")
+    for name, metrics, speed, n in (("fcos_lib FCOS", ours_map, ours_speed, n_ours), ("torchvision FCOS", tv_map, tv_speed, n_tv)):
+        print(f"{name:18s}" + "".join(f"{metrics[k]:12.3f}" for k in keys) + f"{speed:12.1f}{n:11.2f}")
+    print("fcos_lib / torchvision: " + ", ".join(f"{k} {ours_map[k] / max(tv_map[k], 1e-9):.2f}x" for k in keys))
     result = {"data": str(root), "iters": cfg.iters, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
               "tv_channels": args.tv_channels,
-              "fcos_lib": {"map50": ours_map[0], "map": ours_map[1], "train_images_per_s": ours_speed},
-              "torchvision": {"map50": tv_map[0], "map": tv_map[1], "train_images_per_s": tv_speed}}
+              "fcos_lib": {**{k: ours_map[k] for k in keys}, "train_images_per_s": ours_speed},
+              "torchvision": {**{k: tv_map[k] for k in keys}, "train_images_per_s": tv_speed}}
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / 'result.json'}")
 

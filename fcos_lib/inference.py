@@ -7,20 +7,29 @@ References:
 - FCOS: Tian et al. 2019, "FCOS: Fully Convolutional One-Stage Object Detection", §3.3 (the
   score multiplies the class probability by the centerness) and §4 (NMS 0.6, score 0.05).
 - Follows torchvision.models.detection.fcos.FCOS.postprocess_detections (score =
-  sqrt(sigmoid(cls) * sigmoid(ctr)), threshold, top-k per level, decode, clip, batched_nms,
-  detections_per_img); scores, top-k and decoding run on the whole batch at once, NMS per image.
+  sqrt(sigmoid(cls) * sigmoid(ctr)), threshold, top-k per level, decode, clip to each image's
+  size before padding, batched_nms, detections_per_img); scores, top-k and decoding run on the
+  whole batch at once, NMS per image.
+- Departure from torchvision: boxes with zero width or height after clipping (wholly in the
+  letterbox padding) are dropped before NMS; torchvision returns them, and as they overlap
+  nothing they survive NMS and crowd real detections out of detections_per_img.
+
+detect_files runs the whole path on image files (the CLI's `detect`).
 
 Dimension letters: B images, L locations (levels concatenated p3, p4, p5), L_l locations of one
 level, C classes, K candidates. Boxes (x1, y1, x2, y2) in network-input pixels unless mapped back.
 """
 
-__all__ = ['fcos_postprocess', 'fcos_postprocess_per_image', 'same_detections', 'detect']
+__all__ = ['fcos_postprocess', 'fcos_postprocess_per_image', 'same_detections', 'detect', 'detect_files']
+
+import json
+from pathlib import Path
 
 import torch
 import torchvision
 
-from fcos_lib.data import boxes_to_original
 from fcos_lib.deltas import fcos_apply_deltas_to_locations
+from fcos_lib.transforms import boxes_to_original
 
 
 def _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections) -> None:
@@ -33,8 +42,25 @@ def _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detec
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
 
 
+def _image_sizes_or_input(image_sizes, batch_size: int, input_size) -> list:
+    """The B (h, w) content sizes, checked; None -> the whole (H, W) input for every image."""
+    H, W = (int(v) for v in input_size)
+    if image_sizes is None:
+        return [(H, W)] * batch_size
+
+    def fits(size) -> bool:  # (h, w) ints with 0 < h <= H, 0 < w <= W
+        return (isinstance(size, (tuple, list)) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+                and 0 < size[0] <= H and 0 < size[1] <= W)
+
+    if len(image_sizes) != batch_size or not all(fits(size) for size in image_sizes):
+        raise ValueError(f"image_sizes must be {batch_size} (h, w) pairs of ints, one per image, with "
+                         f"0 < h <= {H} and 0 < w <= {W} (the content inside the padded input); got {image_sizes!r}")
+    return [(h, w) for h, w in image_sizes]
+
+
 def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float = 0.6,
-                     topk_candidates: int = 1000, max_detections: int = 100) -> list:
+                     topk_candidates: int = 1000, max_detections: int = 100, image_sizes=None) -> list:
     """Detections for every image of a batch, in network-input pixels.
 
     Args:
@@ -45,17 +71,22 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
         nms_thresh: class-wise NMS removes a box whose IoU with a better one is > this.
         topk_candidates: at most this many candidates per level and image before NMS.
         max_detections: at most this many detections per image, best first.
+        image_sizes: list of B (h, w) ints, each image's real content in network-input pixels
+            before the letterbox padding (target["resized_size"]); None: the whole (H, W) input.
     Returns:
-        list of B dicts: boxes (K, 4) float32 clipped to the input, scores (K,) in (0, 1],
-        labels (K,) int64 in [0, C), sorted by decreasing score.
+        list of B dicts: boxes (K, 4) float32 with 0 <= x1 < x2 <= w, 0 <= y1 < y2 <= h of
+        their image, scores (K,) in (0, 1], labels (K,) int64 in [0, C), sorted by decreasing score.
     """
     _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections)
     cls_logits, box_deltas, ctr_logits = predictions.cls_logits, predictions.box_deltas, predictions.ctr_logits
     B, L, C = cls_logits.shape
+    image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
     # New tensors, never sigmoid_(): the caller's predictions stay logits (seed ERRATA 8).
     scores = torch.sqrt(torch.sigmoid(cls_logits.float()) * torch.sigmoid(ctr_logits.float()))  # (B, L, C)
-    boxes = fcos_apply_deltas_to_locations(box_deltas.float(), predictions.locations, predictions.strides,
-                                           image_size=predictions.image_size)  # (B, L, 4), clipped
+    boxes = fcos_apply_deltas_to_locations(box_deltas.float(), predictions.locations, predictions.strides)  # (B, L, 4)
+    # Clip to each image's content, not to the padded input, BEFORE NMS (as torchvision's image_shapes).
+    limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)  # (B, 4)
+    boxes = torch.minimum(boxes.clamp(min=0), limits[:, None, :])  # (B, L, 4)
 
     top_scores, top_locations, top_labels = [], [], []
     start = 0
@@ -70,8 +101,12 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
     top_scores = torch.cat(top_scores, dim=1)  # (B, K)
     top_locations = torch.cat(top_locations, dim=1)  # (B, K)
     top_labels = torch.cat(top_labels, dim=1)  # (B, K)
-    valid = top_scores > score_thresh  # (B, K): drop the masked-out fill-ins
     top_boxes = boxes.gather(1, top_locations[..., None].expand(-1, -1, 4))  # (B, K, 4)
+    valid = top_scores > score_thresh  # (B, K): drop the masked-out fill-ins ...
+    # ... and the boxes wholly in the padding, zero-area once clipped. Departure from torchvision,
+    # which keeps them: with IoU 0 with every box, NMS never removes them, and they would take
+    # max_detections places from real detections.
+    valid &= (top_boxes[..., 2] > top_boxes[..., 0]) & (top_boxes[..., 3] > top_boxes[..., 1])
 
     detections = []
     for b in range(B):  # NMS per image: boxes of different images must never be compared
@@ -82,14 +117,16 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
 
 
 def fcos_postprocess_per_image(predictions, score_thresh: float = 0.05, nms_thresh: float = 0.6,
-                               topk_candidates: int = 1000, max_detections: int = 100) -> list:
+                               topk_candidates: int = 1000, max_detections: int = 100, image_sizes=None) -> list:
     """The same detections as fcos_postprocess, one image and one level at a time.
 
-    torchvision's loop (FCOS.postprocess_detections), kept as the reference that
+    torchvision's loop (FCOS.postprocess_detections: boxes clipped to each image's (h, w)
+    before NMS), plus the removal of zero-area boxes; kept as the reference that
     fcos_postprocess is tested and benchmarked against.
     """
     _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections)
     B, L, C = predictions.cls_logits.shape
+    image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
     detections = []
     for b in range(B):
         image_boxes, image_scores, image_labels = [], [], []
@@ -104,11 +141,13 @@ def fcos_postprocess_per_image(predictions, score_thresh: float = 0.05, nms_thre
             locations = start + torch.div(candidates, C, rounding_mode="floor")  # (K_l,)
             image_boxes.append(fcos_apply_deltas_to_locations(
                 predictions.box_deltas[b, locations].float(), predictions.locations[locations],
-                predictions.strides[locations], image_size=predictions.image_size))  # (K_l, 4)
+                predictions.strides[locations], image_size=image_sizes[b]))  # (K_l, 4) clipped to the content
             image_scores.append(scores)
             image_labels.append(candidates % C)
             start += L_l
         boxes, scores, labels = torch.cat(image_boxes), torch.cat(image_scores), torch.cat(image_labels)
+        positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # not wholly in the padding
+        boxes, scores, labels = boxes[positive], scores[positive], labels[positive]
         keep = torchvision.ops.batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
         detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
     return detections
@@ -138,9 +177,11 @@ def detect(model, images: torch.Tensor, targets=None, **postprocess_kwargs) -> l
             It runs in eval mode without gradients; its train/eval mode is restored afterwards.
         images: (B, 3, H, W) float in [0, 1].
         targets: optional list of B dicts with orig_size (H, W) and resized_size (h, w), as
-            VOCDataset or data.letterbox give; boxes are then mapped to each original image's
-            pixels. Without it, boxes stay in network-input pixels.
-        postprocess_kwargs: score_thresh, nms_thresh, topk_candidates, max_detections.
+            VOCDataset or transforms.letterbox give; boxes are then clipped to each image's content
+            (resized_size) before NMS, and mapped to each original image's pixels. Without
+            it, boxes stay in network-input pixels, clipped to the input.
+        postprocess_kwargs: score_thresh, nms_thresh, topk_candidates, max_detections
+            (and image_sizes, which targets fill in).
     """
     if targets is not None and len(targets) != images.shape[0]:
         raise ValueError(
@@ -152,8 +193,56 @@ def detect(model, images: torch.Tensor, targets=None, **postprocess_kwargs) -> l
         predictions = model(images)
     finally:
         model.train(was_training)
+    if targets is not None:
+        postprocess_kwargs = {"image_sizes": [tuple(t["resized_size"]) for t in targets], **postprocess_kwargs}
     detections = fcos_postprocess(predictions, **postprocess_kwargs)
     if targets is not None:
         for detection, target in zip(detections, targets):
             detection["boxes"] = boxes_to_original(detection["boxes"], target)
     return detections
+
+
+def detect_files(model, paths, out, class_names, image_size: int, score_thresh: float = 0.3,
+                 device="cpu") -> list[dict]:
+    """Detect objects in image files; write `<stem>_detections.png` per image and detections.json to `out`.
+
+    Args:
+        model: a trained FCOS (eval mode is set inside `detect`).
+        paths: image files (JPEG, PNG, ...).
+        out: output folder, created if needed.
+        class_names: the C names of the model's classes (a checkpoint's "class_names").
+        image_size: S, the square input the model was trained at (a checkpoint's config).
+    Returns:
+        one dict per image: image (path), width, height, detections [{box (x1, y1, x2, y2) in the
+        image's own pixels, score, label (a class name)}], best first.
+    """
+    import matplotlib.pyplot as plt
+
+    from fcos_lib.data import load_image
+    from fcos_lib.drawing import draw_boxes
+    from fcos_lib.transforms import letterbox
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in map(Path, paths):
+        image = load_image(path)  # clear DatasetError for a missing or unreadable file
+        tensor, meta = letterbox(image, image_size)
+        det = detect(model, tensor[None].to(device), [meta], score_thresh=score_thresh)[0]
+        boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
+        results.append({
+            "image": str(path),
+            "width": image.width, "height": image.height,
+            "detections": [
+                {"box": [round(v, 2) for v in b.tolist()], "score": round(float(s), 4), "label": class_names[int(c)]}
+                for b, s, c in zip(boxes, scores, labels)
+            ],
+        })
+        fig, ax = plt.subplots(figsize=(6, 6 * image.height / image.width))
+        ax.imshow(image)
+        ax.axis("off")
+        draw_boxes(ax, boxes, labels, scores, class_names=class_names)
+        fig.savefig(out / f"{path.stem}_detections.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    (out / "detections.json").write_text(json.dumps(results, indent=2))
+    return results

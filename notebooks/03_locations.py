@@ -45,7 +45,9 @@ if "google.colab" in sys.modules:
 import matplotlib.pyplot as plt
 import torch
 
-from fcos_lib.data import VOCDataset, draw_boxes, make_course_dataset
+from fcos_lib.course_data import make_course_dataset
+from fcos_lib.data import VOCDataset
+from fcos_lib.drawing import draw_boxes
 from fcos_lib.head import flatten_level
 
 _ = torch.manual_seed(0)

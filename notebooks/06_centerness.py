@@ -50,7 +50,9 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from fcos_lib.data import VOCDataset, collate_detection, draw_boxes, make_course_dataset
+from fcos_lib.course_data import make_course_dataset
+from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.drawing import draw_boxes
 from fcos_lib.deltas import fcos_apply_deltas_to_locations, fcos_get_deltas_from_locations
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.matching import fcos_match_locations_to_gt

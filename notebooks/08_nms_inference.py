@@ -23,7 +23,8 @@
 # 1. **score** each (location, class): `sqrt(sigmoid(cls) · sigmoid(ctr))` (FCOS, Tian et al.
 #    2019, §3.3: centerness down-weights boxes predicted far from an object's centre);
 # 2. keep the **top-k** candidates per level above a **score threshold**;
-# 3. **decode** their boxes and clip them to the image;
+# 3. **decode** their boxes and clip them to the image's real content (not to the padded
+#    input), dropping the boxes left with zero area;
 # 4. **non-maximum suppression** (NMS), per class, removes the duplicates;
 # 5. keep at most `max_detections` per image.
 #
@@ -49,7 +50,7 @@ import torchvision
 from IPython.display import display
 from torch import nn
 
-from fcos_lib.data import draw_boxes
+from fcos_lib.drawing import draw_boxes
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.model import FCOS, FCOSPredictions
 from fcos_lib.targets import strides_per_location
@@ -335,10 +336,18 @@ display(widgets.VBox([widgets.HBox([score_slider, iou_slider]), redrawn]))
 # - the scores `sqrt(sigmoid(cls) · sigmoid(ctr))` for all `(B, L, C)` in one go;
 # - per level, candidates above the threshold and their top-k, with one `topk` over the
 #   `(B, L_l · C)` scores (those below the threshold are masked out first);
-# - every box decoded once, `(B, L, 4)`, clipped to the image, and the candidates' boxes
-#   gathered from it;
+# - every box decoded once, `(B, L, 4)`, clipped to its image's real content `(h, w)`
+#   (`image_sizes`; the padded input when not given), and the candidates' boxes gathered
+#   from it; candidates whose box has zero width or height after clipping (wholly in the
+#   padding) are dropped;
 # - then NMS image by image (torchvision's `batched_nms`, class-specific), and at most
 #   `max_detections` per image.
+#
+# **Clip before NMS, to the image, not to the padded input.** NMS must compare the boxes as
+# they will be returned: two boxes that differ only inside the padding are the same detection
+# (see the check after `detect`). Dropping the zero-area boxes departs from torchvision, which
+# keeps them: such a box has IoU 0 with every box, so NMS never removes it, and it would take
+# one of the `max_detections` places from a real detection.
 #
 # Why not one NMS call for the whole batch, with `image · C + class` as the group? It works
 # (boxes of different images then never suppress each other), but NMS costs grow with the
@@ -366,17 +375,26 @@ References:
 - FCOS: Tian et al. 2019, "FCOS: Fully Convolutional One-Stage Object Detection", §3.3 (the
   score multiplies the class probability by the centerness) and §4 (NMS 0.6, score 0.05).
 - Follows torchvision.models.detection.fcos.FCOS.postprocess_detections (score =
-  sqrt(sigmoid(cls) * sigmoid(ctr)), threshold, top-k per level, decode, clip, batched_nms,
-  detections_per_img); scores, top-k and decoding run on the whole batch at once, NMS per image.
+  sqrt(sigmoid(cls) * sigmoid(ctr)), threshold, top-k per level, decode, clip to each image's
+  size before padding, batched_nms, detections_per_img); scores, top-k and decoding run on the
+  whole batch at once, NMS per image.
+- Departure from torchvision: boxes with zero width or height after clipping (wholly in the
+  letterbox padding) are dropped before NMS; torchvision returns them, and as they overlap
+  nothing they survive NMS and crowd real detections out of detections_per_img.
+
+detect_files runs the whole path on image files (the CLI's `detect`).
 
 Dimension letters: B images, L locations (levels concatenated p3, p4, p5), L_l locations of one
 level, C classes, K candidates. Boxes (x1, y1, x2, y2) in network-input pixels unless mapped back.
 """
+import json
+from pathlib import Path
+
 import torch
 import torchvision
 
-from fcos_lib.data import boxes_to_original
 from fcos_lib.deltas import fcos_apply_deltas_to_locations
+from fcos_lib.transforms import boxes_to_original
 
 
 def _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections) -> None:
@@ -389,8 +407,25 @@ def _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detec
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
 
 
+def _image_sizes_or_input(image_sizes, batch_size: int, input_size) -> list:
+    """The B (h, w) content sizes, checked; None -> the whole (H, W) input for every image."""
+    H, W = (int(v) for v in input_size)
+    if image_sizes is None:
+        return [(H, W)] * batch_size
+
+    def fits(size) -> bool:  # (h, w) ints with 0 < h <= H, 0 < w <= W
+        return (isinstance(size, (tuple, list)) and len(size) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+                and 0 < size[0] <= H and 0 < size[1] <= W)
+
+    if len(image_sizes) != batch_size or not all(fits(size) for size in image_sizes):
+        raise ValueError(f"image_sizes must be {batch_size} (h, w) pairs of ints, one per image, with "
+                         f"0 < h <= {H} and 0 < w <= {W} (the content inside the padded input); got {image_sizes!r}")
+    return [(h, w) for h, w in image_sizes]
+
+
 def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float = 0.6,
-                     topk_candidates: int = 1000, max_detections: int = 100) -> list:
+                     topk_candidates: int = 1000, max_detections: int = 100, image_sizes=None) -> list:
     """Detections for every image of a batch, in network-input pixels.
 
     Args:
@@ -401,17 +436,22 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
         nms_thresh: class-wise NMS removes a box whose IoU with a better one is > this.
         topk_candidates: at most this many candidates per level and image before NMS.
         max_detections: at most this many detections per image, best first.
+        image_sizes: list of B (h, w) ints, each image's real content in network-input pixels
+            before the letterbox padding (target["resized_size"]); None: the whole (H, W) input.
     Returns:
-        list of B dicts: boxes (K, 4) float32 clipped to the input, scores (K,) in (0, 1],
-        labels (K,) int64 in [0, C), sorted by decreasing score.
+        list of B dicts: boxes (K, 4) float32 with 0 <= x1 < x2 <= w, 0 <= y1 < y2 <= h of
+        their image, scores (K,) in (0, 1], labels (K,) int64 in [0, C), sorted by decreasing score.
     """
     _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections)
     cls_logits, box_deltas, ctr_logits = predictions.cls_logits, predictions.box_deltas, predictions.ctr_logits
     B, L, C = cls_logits.shape
+    image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
     # New tensors, never sigmoid_(): the caller's predictions stay logits (seed ERRATA 8).
     scores = torch.sqrt(torch.sigmoid(cls_logits.float()) * torch.sigmoid(ctr_logits.float()))  # (B, L, C)
-    boxes = fcos_apply_deltas_to_locations(box_deltas.float(), predictions.locations, predictions.strides,
-                                           image_size=predictions.image_size)  # (B, L, 4), clipped
+    boxes = fcos_apply_deltas_to_locations(box_deltas.float(), predictions.locations, predictions.strides)  # (B, L, 4)
+    # Clip to each image's content, not to the padded input, BEFORE NMS (as torchvision's image_shapes).
+    limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)  # (B, 4)
+    boxes = torch.minimum(boxes.clamp(min=0), limits[:, None, :])  # (B, L, 4)
 
     top_scores, top_locations, top_labels = [], [], []
     start = 0
@@ -426,8 +466,12 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
     top_scores = torch.cat(top_scores, dim=1)  # (B, K)
     top_locations = torch.cat(top_locations, dim=1)  # (B, K)
     top_labels = torch.cat(top_labels, dim=1)  # (B, K)
-    valid = top_scores > score_thresh  # (B, K): drop the masked-out fill-ins
     top_boxes = boxes.gather(1, top_locations[..., None].expand(-1, -1, 4))  # (B, K, 4)
+    valid = top_scores > score_thresh  # (B, K): drop the masked-out fill-ins ...
+    # ... and the boxes wholly in the padding, zero-area once clipped. Departure from torchvision,
+    # which keeps them: with IoU 0 with every box, NMS never removes them, and they would take
+    # max_detections places from real detections.
+    valid &= (top_boxes[..., 2] > top_boxes[..., 0]) & (top_boxes[..., 3] > top_boxes[..., 1])
 
     detections = []
     for b in range(B):  # NMS per image: boxes of different images must never be compared
@@ -438,14 +482,16 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
 
 
 def fcos_postprocess_per_image(predictions, score_thresh: float = 0.05, nms_thresh: float = 0.6,
-                               topk_candidates: int = 1000, max_detections: int = 100) -> list:
+                               topk_candidates: int = 1000, max_detections: int = 100, image_sizes=None) -> list:
     """The same detections as fcos_postprocess, one image and one level at a time.
 
-    torchvision's loop (FCOS.postprocess_detections), kept as the reference that
+    torchvision's loop (FCOS.postprocess_detections: boxes clipped to each image's (h, w)
+    before NMS), plus the removal of zero-area boxes; kept as the reference that
     fcos_postprocess is tested and benchmarked against.
     """
     _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections)
     B, L, C = predictions.cls_logits.shape
+    image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
     detections = []
     for b in range(B):
         image_boxes, image_scores, image_labels = [], [], []
@@ -460,11 +506,13 @@ def fcos_postprocess_per_image(predictions, score_thresh: float = 0.05, nms_thre
             locations = start + torch.div(candidates, C, rounding_mode="floor")  # (K_l,)
             image_boxes.append(fcos_apply_deltas_to_locations(
                 predictions.box_deltas[b, locations].float(), predictions.locations[locations],
-                predictions.strides[locations], image_size=predictions.image_size))  # (K_l, 4)
+                predictions.strides[locations], image_size=image_sizes[b]))  # (K_l, 4) clipped to the content
             image_scores.append(scores)
             image_labels.append(candidates % C)
             start += L_l
         boxes, scores, labels = torch.cat(image_boxes), torch.cat(image_scores), torch.cat(image_labels)
+        positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # not wholly in the padding
+        boxes, scores, labels = boxes[positive], scores[positive], labels[positive]
         keep = torchvision.ops.batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
         detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
     return detections
@@ -513,9 +561,10 @@ for batch_size in (1, 5):
 # ## From the network's input back to the photo
 #
 # The data pipeline of chapter 00 letterboxed every image: longest side scaled to `S`, then
-# padded at the bottom and right. Detections come out in those network-input pixels;
-# `detect` maps them back with `boxes_to_original`, and runs the model in eval mode without
-# gradients, putting it back in the mode it found it in.
+# padded at the bottom and right. Detections come out in those network-input pixels. Given
+# the targets, `detect` clips each image's boxes to its content (`resized_size`) before NMS
+# (the pitfall below shows why), maps them back with `boxes_to_original`, and runs the model
+# in eval mode without gradients, putting it back in the mode it found it in.
 
 # %%
 #| export inference
@@ -528,9 +577,11 @@ def detect(model, images: torch.Tensor, targets=None, **postprocess_kwargs) -> l
             It runs in eval mode without gradients; its train/eval mode is restored afterwards.
         images: (B, 3, H, W) float in [0, 1].
         targets: optional list of B dicts with orig_size (H, W) and resized_size (h, w), as
-            VOCDataset or data.letterbox give; boxes are then mapped to each original image's
-            pixels. Without it, boxes stay in network-input pixels.
-        postprocess_kwargs: score_thresh, nms_thresh, topk_candidates, max_detections.
+            VOCDataset or transforms.letterbox give; boxes are then clipped to each image's content
+            (resized_size) before NMS, and mapped to each original image's pixels. Without
+            it, boxes stay in network-input pixels, clipped to the input.
+        postprocess_kwargs: score_thresh, nms_thresh, topk_candidates, max_detections
+            (and image_sizes, which targets fill in).
     """
     if targets is not None and len(targets) != images.shape[0]:
         raise ValueError(
@@ -542,6 +593,8 @@ def detect(model, images: torch.Tensor, targets=None, **postprocess_kwargs) -> l
         predictions = model(images)
     finally:
         model.train(was_training)
+    if targets is not None:
+        postprocess_kwargs = {"image_sizes": [tuple(t["resized_size"]) for t in targets], **postprocess_kwargs}
     detections = fcos_postprocess(predictions, **postprocess_kwargs)
     if targets is not None:
         for detection, target in zip(detections, targets):
@@ -583,23 +636,149 @@ print("network pixels:", in_network["boxes"].tolist(), "| photo pixels:", in_pho
 print("model back in training mode:", stand_in.training)
 
 # %% [markdown]
+# > **Pitfall: clip to the image, not to the padded input, before NMS.** A photo 224 wide and
+# > 112 tall fills the top half of the 224 x 224 input (`resized_size = (112, 224)`). Three
+# > class-0 boxes, best first: `(10, 80, 60, 200)` and `(10, 80, 60, 115)` differ only below
+# > `y = 112`, in the padding; `(10, 150, 60, 200)` lies wholly in the padding. Clipped to the
+# > padded input, NMS keeps all three (IoU `50·35 / (50·120) = 0.29` and `0.42` with the
+# > first, both below 0.6); mapping them back to the photo then clips them into the same box
+# > twice and a zero-height box on the bottom edge. Clipped to the content first, as
+# > torchvision clips to each image's size before padding, the first two become one box
+# > `(10, 80, 60, 112)` (IoU 1: NMS keeps the better) and the third has zero height. We drop
+# > zero-area boxes before NMS, where torchvision keeps them: with IoU 0 with every box they
+# > always survive NMS, and they would take `max_detections` places from real detections.
+# > `detect` passes each target's `resized_size` as `image_sizes`.
+
+# %%
+def three_boxes_in_the_padding(B=1):
+    """One 224 x 224 input; class-0 boxes at p3 locations 339 (28, 100), 340 (36, 100), 591 (28, 172)."""
+    predictions = OneObjectModel()(torch.zeros(B, 3, 224, 224))
+    cls_logits = torch.full_like(predictions.cls_logits, -10.0)  # (B, L, C)
+    box_deltas = torch.zeros_like(predictions.box_deltas)  # (B, L, 4)
+    for k, box, logit in [(339, [10.0, 80, 60, 200], 8.0), (340, [10.0, 80, 60, 115], 7.0), (591, [10.0, 150, 60, 200], 6.0)]:
+        (x, y), (x1, y1, x2, y2) = predictions.locations[k].tolist(), box
+        cls_logits[:, k, 0] = logit
+        box_deltas[:, k] = torch.tensor([x - x1, y - y1, x2 - x, y2 - y]) / 8  # LTRB / stride
+    return predictions._replace(cls_logits=cls_logits, box_deltas=box_deltas)
+
+
+wide_photo = {"orig_size": (112, 224), "resized_size": (112, 224)}  # scale 1: photo pixels = network pixels
+padded_first = fcos_postprocess(three_boxes_in_the_padding())[0]["boxes"]
+print("clipped to the padded input, NMS, then to the photo:", boxes_to_original(padded_first, wide_photo).tolist())
+content_first = fcos_postprocess(three_boxes_in_the_padding(), image_sizes=[wide_photo["resized_size"]])[0]["boxes"]
+print("clipped to the content, then NMS:                   ", content_first.tolist())
+
+
+class ThreeBoxesModel(nn.Module):
+    def forward(self, images):
+        return three_boxes_in_the_padding(images.shape[0])
+
+
+print("detect with the target:                             ",
+      detect(ThreeBoxesModel(), torch.zeros(1, 3, 224, 224), [wide_photo])[0]["boxes"].tolist())
+
+# %% [markdown]
+# ## Image files in, annotated images and JSON out
+#
+# What `python -m fcos_lib detect photo.jpg` runs: each file is read, letterboxed exactly as in
+# training (chapter 00's `letterbox`), detected with `detect` (which clips to the photo and maps
+# the boxes back to its pixels), and written out twice: drawn on the photo, and as numbers in
+# `detections.json`.
+
+# %%
+#| export inference
+def detect_files(model, paths, out, class_names, image_size: int, score_thresh: float = 0.3,
+                 device="cpu") -> list[dict]:
+    """Detect objects in image files; write `<stem>_detections.png` per image and detections.json to `out`.
+
+    Args:
+        model: a trained FCOS (eval mode is set inside `detect`).
+        paths: image files (JPEG, PNG, ...).
+        out: output folder, created if needed.
+        class_names: the C names of the model's classes (a checkpoint's "class_names").
+        image_size: S, the square input the model was trained at (a checkpoint's config).
+    Returns:
+        one dict per image: image (path), width, height, detections [{box (x1, y1, x2, y2) in the
+        image's own pixels, score, label (a class name)}], best first.
+    """
+    import matplotlib.pyplot as plt
+
+    from fcos_lib.data import load_image
+    from fcos_lib.drawing import draw_boxes
+    from fcos_lib.transforms import letterbox
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in map(Path, paths):
+        image = load_image(path)  # clear DatasetError for a missing or unreadable file
+        tensor, meta = letterbox(image, image_size)
+        det = detect(model, tensor[None].to(device), [meta], score_thresh=score_thresh)[0]
+        boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
+        results.append({
+            "image": str(path),
+            "width": image.width, "height": image.height,
+            "detections": [
+                {"box": [round(v, 2) for v in b.tolist()], "score": round(float(s), 4), "label": class_names[int(c)]}
+                for b, s, c in zip(boxes, scores, labels)
+            ],
+        })
+        fig, ax = plt.subplots(figsize=(6, 6 * image.height / image.width))
+        ax.imshow(image)
+        ax.axis("off")
+        draw_boxes(ax, boxes, labels, scores, class_names=class_names)
+        fig.savefig(out / f"{path.stem}_detections.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    (out / "detections.json").write_text(json.dumps(results, indent=2))
+    return results
+
+# %% [markdown]
+# The three-box model on a photo file 224 wide and 112 tall: one detection, in the photo's pixels.
+
+# %%
+import tempfile
+
+from PIL import Image
+
+files_dir = Path(tempfile.mkdtemp())
+Image.new("RGB", (224, 112), (90, 90, 90)).save(files_dir / "wide.png")
+found = detect_files(ThreeBoxesModel(), [files_dir / "wide.png"], files_dir / "out", class_names=["shape"],
+                     image_size=224, score_thresh=0.05)
+print(found[0]["width"], found[0]["height"], found[0]["detections"])
+print(sorted(p.name for p in (files_dir / "out").iterdir()))
+
+# %% [markdown]
 # ## Final check
 #
-# The whole inference path, from images to detections, on a batch of 5 non-square inputs:
-# `detect` equals the model + the per-image reference loop, respects `max_detections`, gives
-# labels in `[0, C)` and scores above the threshold, sorted, and leaves the model in the mode
-# it was in.
+# The whole inference path, from images to detections, on a batch of 5 non-square inputs
+# whose content ends at a different place in each (the rest is black padding): `detect`
+# equals the model + the per-image reference loop, keeps every box inside its image's content
+# with a positive area, respects `max_detections`, gives labels in `[0, C)` and scores above
+# the threshold, sorted, and leaves the model in the mode it was in.
 
 # %%
 torch.manual_seed(0)
 model = FCOS(num_classes=5).train()
 images = torch.rand(5, 3, 160, 224)
-detections = detect(model, images, score_thresh=0.05, max_detections=50)
+content = [(160, 224), (160, 112), (96, 224), (160, 64), (128, 200)]  # (h, w) of each image's content
+for image, (h, w) in zip(images, content):
+    image[:, h:], image[:, :, w:] = 0, 0  # the padding
+targets = [{"orig_size": size, "resized_size": size} for size in content]  # scale 1: photo = network pixels
+detections = detect(model, images, targets, score_thresh=0.05, max_detections=50)
 with torch.no_grad():
-    reference = fcos_postprocess_per_image(model.eval()(images), score_thresh=0.05, max_detections=50)
+    reference = fcos_postprocess_per_image(model.eval()(images), score_thresh=0.05, max_detections=50,
+                                           image_sizes=content)
 model.train()
+
+
+def inside_with_area(boxes, h, w):
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    return bool(((0 <= x1) & (x1 < x2) & (x2 <= w) & (0 <= y1) & (y1 < y2) & (y2 <= h)).all())
+
+
 checks = {
     "same as the per-image loop": same_detections(detections, reference),
+    "inside the content, positive area": all(inside_with_area(d["boxes"], h, w) for d, (h, w) in zip(detections, content)),
     "at most 50 per image": all(len(d["boxes"]) <= 50 for d in detections),
     "labels in [0, 5)": all(bool(((d["labels"] >= 0) & (d["labels"] < 5)).all()) for d in detections),
     "scores > 0.05, sorted": all(bool((d["scores"] > 0.05).all()) and torch.equal(d["scores"], d["scores"].sort(descending=True).values)
@@ -608,3 +787,4 @@ checks = {
 }
 for name, ok in checks.items():
     print(f"{name}: {ok}")
+print("detections per image:", [len(d["boxes"]) for d in detections])

@@ -62,13 +62,18 @@ if "google.colab" in sys.modules:
 # `python -m fcos_lib train --lr ...` (300 iterations, batch 16, 224 px), lr 0.02 against 8e-3
 # gave mAP@0.5 0.615 against 0.582 on the course dataset and 0.067 against 0.052 on a harder
 # held-out one (`bench/bench_vs_torchvision.py`'s). Fine-tuning from ImageNet weights (the VOC run
-# below) keeps torchvision's reference rate, 0.01 at batch 16. (Those figures were taken with a
+# below) keeps torchvision's reference rate, 0.01 at batch 16, and, as torchvision's detection
+# models do, freezes the trunk's BatchNorm layers (`FrozenBatchNorm2d`: ImageNet's statistics are
+# better than those of a batch of 16 detection images) and its first two stages
+# (`trainable_backbone_layers=3` of 5: the stem and the first stage compute generic edges and
+# textures that ImageNet already taught). From scratch nothing is frozen: there is nothing learnt
+# to keep. Chapter 01 shows both. (Those figures were taken with a
 # ReLU on the box deltas; with chapter 02's `exp` the same main job, `python -m fcos_lib train`,
 # reaches mAP@0.5 0.627 and mAP@[.5:.95] 0.307.)
 
 # %%
-#| export
-"""Training FCOS: the recipe, a resumable loop, checkpoints.
+#| export config
+"""The training recipe: one dataclass, two presets, and the device.
 
 Chapter 09 of the course (notebooks/09_train_eval.py). The baseline recipe follows the seed
 (RegNetX-400MF, 224 px, batch 16, SGD lr 8e-3, steps at 60 %/90 %); the improved recipe adds
@@ -78,19 +83,9 @@ GroupNorm, centre sampling, GIoU, flips, lr 0.02 with warm-up and cosine decay (
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
-
-from fcos_lib.data import DatasetError, VOCDataset, collate_detection, make_course_dataset, read_class_names
-from fcos_lib.model import FCOS, check_finite_losses
 
 
 @dataclass
@@ -107,6 +102,9 @@ class TrainConfig:
     num_workers: int = 2
     # model
     pretrained_backbone: bool = False
+    # Trunk stages that train, counted from the top (0-5); None = 3 with pretrained weights, as
+    # torchvision's detection models do, and all 5 from scratch. Pretrained runs freeze BatchNorm.
+    trainable_backbone_layers: int | None = None
     fpn_channels: int = 64
     num_convs: int = 4
     use_groupnorm: bool = True
@@ -134,6 +132,27 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Fields that may change between a run and its resume: where and how it runs, not what it learns.
+RESUMABLE_CHANGES = ("device", "out", "num_workers", "in_memory", "checkpoint_every", "val_split", "data")
+
+
+def config_differences(saved: dict, cfg: TrainConfig) -> dict:
+    """{field: (saved value, new value)} for every field outside RESUMABLE_CHANGES that differs.
+
+    `saved` is a checkpoint's config (dataclasses.asdict of a TrainConfig). Tuples and lists
+    compare equal element by element (a checkpoint may store either). `data` may change (a
+    moved folder); the dataset's content is compared by its fingerprint instead.
+    """
+    def same(a, b):
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return list(a) == list(b)
+        return a == b
+
+    new = dataclasses.asdict(cfg)
+    return {name: (saved.get(name), value) for name, value in new.items()
+            if name not in RESUMABLE_CHANGES and not same(saved.get(name), value)}
+
+
 def baseline_recipe(**changes) -> TrainConfig:
     """The seed's recipe: no GroupNorm, no centre sampling, L1 box loss, step schedule, no flips."""
     return TrainConfig(
@@ -151,7 +170,7 @@ def improved_recipe(**changes) -> TrainConfig:
 # The presets differ exactly where the table says:
 
 # %%
-from fcos_lib.train import baseline_recipe, improved_recipe
+from fcos_lib.config import baseline_recipe, improved_recipe
 
 import dataclasses
 
@@ -168,7 +187,7 @@ for f in dataclasses.fields(base):
 # an error that says so, not a traceback from inside torch.
 
 # %%
-#| export
+#| export config
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto" -> cuda if available else cpu; "cpu"/"cuda"/"cuda:N" checked against the machine."""
     if name == "auto":
@@ -198,6 +217,34 @@ except ValueError as err:
 
 # %%
 #| export
+"""Training FCOS: a resumable batch order, flips, the optimiser and schedule, the loop.
+
+Chapter 09 of the course (notebooks/09_train_eval.py). The recipe is fcos_lib.config, checkpoints
+fcos_lib.checkpoint, the run report fcos_lib.report.
+Letters: B images, N boxes per image (padded), H/W the input height and width.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+from tqdm.auto import tqdm
+
+from fcos_lib.checkpoint import CheckpointError, build_model, load_checkpoint, restore_grad_scaler, save_checkpoint
+from fcos_lib.config import TrainConfig, baseline_recipe, improved_recipe, config_differences, resolve_device  # noqa: F401
+from fcos_lib.course_data import make_course_dataset
+from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.model import check_finite_losses
+from fcos_lib.voc import DatasetError, read_class_names
+
+
 class IterationBatchSampler(Sampler):
     """Yields the image indices of batches `start_iter .. num_iters-1`; batch i depends only on (seed, i).
 
@@ -246,7 +293,9 @@ print("resumed at batch 3 matches:", list(IterationBatchSampler(10, 4, 5, start_
 #
 # The flip is done on the padded batch, not inside the dataset, with a generator whose state goes
 # into the checkpoint: that keeps augmentation reproducible across a resume. A flipped box keeps
-# its height; its x-coordinates become `W − x2, W − x1`. Padding rows (−1) stay −1.
+# its height; its x-coordinates become `W − x2, W − x1`. Padding rows (−1) stay −1. The flip
+# itself is torchvision's (`transforms.v2.functional.horizontal_flip`), the same one that
+# `VOCDataset(augment=True)` applies through `v2.RandomHorizontalFlip`: one flip in the course.
 
 # %%
 #| export
@@ -262,17 +311,16 @@ def random_horizontal_flip(
     Returns:
         New (images, gt_boxes); the inputs are not modified.
     """
-    B, _, _, W = images.shape
-    flip = torch.rand(B, generator=generator) < p  # (B,)
-    flip = flip.to(images.device)
-    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    is_box = gt_boxes[..., 4] >= 0  # (B, N)
-    flipped = gt_boxes.clone()
-    flipped[..., 0] = W - gt_boxes[..., 2]
-    flipped[..., 2] = W - gt_boxes[..., 0]
-    gt_boxes = torch.where((flip[:, None] & is_box)[..., None], flipped, gt_boxes)
-    return images, gt_boxes
-
+    B, N, _ = gt_boxes.shape
+    H, W = images.shape[-2:]
+    flip = (torch.rand(B, generator=generator) < p).to(images.device)  # (B,)
+    # torchvision's flip for the pixels and the boxes, the one VOCDataset(augment=True) uses too.
+    images = torch.where(flip[:, None, None, None], F.horizontal_flip(images), images)
+    mirrored = F.horizontal_flip_bounding_boxes(
+        gt_boxes[..., :4].reshape(B * N, 4), format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(H, W))
+    flipped = torch.cat([mirrored.reshape(B, N, 4), gt_boxes[..., 4:]], dim=-1)  # (B, N, 5)
+    is_box = gt_boxes[..., 4] >= 0  # (B, N): padding rows stay -1
+    return images, torch.where((flip[:, None] & is_box)[..., None], flipped, gt_boxes)
 
 # %%
 images = torch.zeros(1, 3, 32, 64)
@@ -347,42 +395,102 @@ print([round(lr_multiplier(i, cfg), 3) for i in (0, 5, 10, 50, 100)])
 # iterations, at the end, and when it is interrupted (Ctrl-C or an exception).
 
 # %%
-#| export
+#| export checkpoint
+"""Checkpoints: atomic, durable writes, safe loads, and the model a checkpoint describes.
+
+Chapter 09 of the course (notebooks/09_train_eval.py).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from fcos_lib.config import TrainConfig
+from fcos_lib.model import FCOS
+
+
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, unreadable, or for another class list."""
+    """A checkpoint that cannot be used: missing, unreadable, or for another class list or recipe."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """torch.save to `path` atomically (write a temporary file, then rename)."""
+    """torch.save `state` to `path` atomically and durably.
+
+    The bytes go to a temporary file with a unique name in the same folder (two writers never
+    share it), are flushed to the disk (fsync), and the file is renamed over `path` (os.replace is
+    atomic); then the folder is fsync'd so the rename itself survives a power cut. A reader sees
+    the old checkpoint or the new one, never a mix.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename durable too
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint written by `save_checkpoint`, with clear errors."""
+    """Load a checkpoint written by `save_checkpoint`, with clear errors.
+
+    weights_only=True: tensors, numbers, strings and containers only, so a checkpoint from
+    somewhere else cannot run code when it is opened.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; train first (python -m fcos_lib train --out DIR) and pass DIR/last.pt")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # a truncated or foreign file: say which one
-        raise CheckpointError(f"checkpoint {str(path)!r} could not be read ({type(err).__name__}: {err})") from err
-    missing = {"model", "config", "class_names", "iteration"} - set(state)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a truncated, foreign or unsafe file: say which one, in one line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} could not be read ({type(err).__name__}: {reason}); it is truncated, "
+            "not an fcos_lib checkpoint, or holds objects other than tensors and plain data"
+        ) from err
+    missing = {"model", "config", "class_names", "iteration"} - set(state) if isinstance(state, dict) else {"model"}
     if missing:
         raise CheckpointError(f"{str(path)!r} is not an fcos_lib checkpoint (missing {sorted(missing)})")
     return state
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> FCOS:
-    """The FCOS model a config describes."""
+def restore_grad_scaler(scaler: torch.amp.GradScaler, saved: dict) -> None:
+    """Load a saved GradScaler state into `scaler`, across devices.
+
+    A run without mixed precision (the CPU) saves an empty state; resumed on a GPU with AMP, the
+    scaler starts fresh (torch would raise on the empty state). A GPU run's state resumed on the
+    CPU is ignored, because the scaler there is disabled.
+    """
+    if scaler.is_enabled() and not saved:
+        return  # nothing to restore: the first steps re-calibrate the scale, as in a new run
+    scaler.load_state_dict(saved)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, load_pretrained_weights: bool = True) -> FCOS:
+    """The FCOS model a config describes.
+
+    load_pretrained_weights=False builds the same architecture (frozen BatchNorm and frozen stages
+    for a pretrained recipe) without fetching ImageNet weights: for loading a checkpoint.
+    """
     return FCOS(
         num_classes, fpn_channels=cfg.fpn_channels, num_convs=cfg.num_convs,
-        pretrained_backbone=cfg.pretrained_backbone, use_groupnorm=cfg.use_groupnorm,
-        center_sampling_radius=cfg.center_sampling_radius, box_loss=cfg.box_loss,
+        pretrained_backbone=cfg.pretrained_backbone and load_pretrained_weights,
+        trainable_backbone_layers=cfg.trainable_backbone_layers, frozen_batchnorm=cfg.pretrained_backbone,
+        use_groupnorm=cfg.use_groupnorm, center_sampling_radius=cfg.center_sampling_radius, box_loss=cfg.box_loss,
     )
 
 
@@ -390,7 +498,7 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
     """Rebuild the trained model (eval mode) and return it with its checkpoint."""
     state = load_checkpoint(path)
     cfg = TrainConfig(**state["config"])
-    model = build_model(cfg.replace(pretrained_backbone=False), len(state["class_names"]))
+    model = build_model(cfg, len(state["class_names"]), load_pretrained_weights=False)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
 
@@ -417,10 +525,49 @@ def resolve_data(cfg: TrainConfig) -> tuple[Path, list[str]]:
     return root, classes
 
 
+def dataset_fingerprint(dataset: VOCDataset) -> str:
+    """A hash of what a training split holds: its image ids, sizes, boxes, labels and class names.
+
+    Stored in every checkpoint; a resume on data with another fingerprint is refused, because it
+    would continue the schedule on other batches.
+    """
+    digest = hashlib.sha1("\n".join(dataset.class_names).encode())
+    for ann in dataset.annotations:
+        digest.update(f"{ann['image_id']} {ann['size']}".encode())
+        for key in ("boxes", "labels", "difficult"):
+            digest.update(ann[key].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def make_grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """The mixed-precision loss scaler: enabled for float16 autocast on CUDA, a no-op elsewhere."""
+    return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+
+
+def _check_resume(saved: dict, cfg: TrainConfig, class_names: list[str], fingerprint: str, path: Path) -> None:
+    """Refuse, in one line, a resume that would not continue the same run."""
+    if saved["class_names"] != class_names:
+        raise CheckpointError(
+            f"{path} was trained on classes {saved['class_names']}, this run has {class_names}; "
+            "pass the same classes, or train into another --out folder"
+        )
+    changed = config_differences(saved["config"], cfg)
+    if changed:
+        listed = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+        raise CheckpointError(
+            f"cannot resume {path} with another recipe ({listed}): the run would continue on another "
+            "schedule or other batches; resume with the run's own settings, or train into another --out folder"
+        )
+    if saved.get("data_fingerprint", fingerprint) != fingerprint:
+        raise CheckpointError(
+            f"cannot resume {path}: the training split {cfg.train_split!r} holds other images or boxes "
+            "than when the run started; restore the data, or train into another --out folder"
+        )
+
+
 def _make_loader(dataset, sampler: IterationBatchSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
-    workers = cfg.num_workers if not cfg.in_memory else 0
     return DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate_detection, num_workers=workers,
+        dataset, batch_sampler=sampler, collate_fn=collate_detection, num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
 
@@ -435,7 +582,8 @@ def train(
 
     Args:
         cfg: the recipe.
-        resume: continue from `cfg.out`/last.pt (same data, class names and recipe).
+        resume: continue from `cfg.out`/last.pt. The data, class names and recipe must be the
+            run's own (only the fields in config.RESUMABLE_CHANGES may differ), or CheckpointError.
         progress: show a tqdm progress bar with the running losses.
         stop_after: stop (and checkpoint) after this many iterations of *this call*, as if
             interrupted; used to test that resuming continues exactly.
@@ -444,27 +592,24 @@ def train(
     out = Path(cfg.out)
     root, class_names = resolve_data(cfg)
     dataset = VOCDataset(root, cfg.train_split, class_names=class_names, image_size=cfg.image_size, in_memory=cfg.in_memory)
+    fingerprint = dataset_fingerprint(dataset)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(class_names)).to(device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = make_grad_scaler(device, cfg.amp)
+    use_amp = scaler.is_enabled()
     flip_generator = torch.Generator().manual_seed(cfg.seed + 1)
     state = {"iteration": 0, "history": [], "train_seconds": 0.0, "train_images": 0}
 
     if resume:
         saved = load_checkpoint(out / "last.pt")
-        if saved["class_names"] != class_names:
-            raise CheckpointError(
-                f"{out / 'last.pt'} was trained on classes {saved['class_names']}, this run has {class_names}; "
-                "use another --out folder or the same classes"
-            )
+        _check_resume(saved, cfg, class_names, fingerprint, out / "last.pt")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
+        restore_grad_scaler(scaler, saved["scaler"])
         flip_generator.set_state(saved["rng"]["flip"])
         torch.set_rng_state(saved["rng"]["torch"])
         state = {k: saved[k] for k in ("iteration", "history", "train_seconds", "train_images")}
@@ -473,7 +618,7 @@ def train(
         full = {
             **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "config": dataclasses.asdict(cfg), "class_names": class_names,
+            "config": dataclasses.asdict(cfg), "class_names": class_names, "data_fingerprint": fingerprint,
             "rng": {"flip": flip_generator.get_state(), "torch": torch.get_rng_state()},
         }
         save_checkpoint(out / "last.pt", full)
@@ -536,7 +681,8 @@ import os
 from pathlib import Path
 
 import torch
-from fcos_lib.data import download_voc, is_offline, VOC_CLASSES
+from fcos_lib.env import is_offline
+from fcos_lib.voc import VOC_CLASSES, download_voc
 
 OFFLINE = is_offline()
 if OFFLINE:
@@ -567,7 +713,29 @@ print("iterations done:", result["iteration"], "| checkpoint saved:", (Path(cfg.
 # ### The loss curve
 
 # %%
-#| export
+#| export report
+"""The run report: loss curve, detections on validation images, metrics.json.
+
+Chapter 09 of the course (notebooks/09_train_eval.py). `python -m fcos_lib train` ends with
+write_run_report.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from fcos_lib.checkpoint import model_from_checkpoint
+from fcos_lib.config import TrainConfig, resolve_device
+from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.drawing import draw_boxes
+from fcos_lib.inference import detect
+from fcos_lib.train import resolve_data
+from fcos_lib.transforms import boxes_to_original
+
+
 def plot_loss_curve(history: list[dict], ax=None, smooth: int = 10):
     """Plot each loss (moving average over `smooth` iterations) against the iteration."""
     import matplotlib.pyplot as plt
@@ -596,121 +764,573 @@ history = result["history"]
 print("loss fell during training:", mean_total_loss(history[-10:]) < mean_total_loss(history[:10]))
 
 # %% [markdown]
-# ## Evaluation: mAP the PASCAL VOC way and the COCO way
+# ## Evaluation: the PASCAL VOC metric, by hand
 #
-# A detection is a true positive when its IoU with an unmatched ground-truth box of its class
-# reaches the threshold; AP is the area under the precision–recall curve of one class; mAP
-# averages over classes. Two conventions:
+# A detector outputs scored boxes; the metric asks how well the *ranking* separates right boxes
+# from wrong ones. PASCAL VOC's rule (the devkit's `VOCevaldet.m`), for one class at a time:
 #
-# - **PASCAL VOC**: one IoU threshold, 0.5 (`map50`). Objects marked `difficult` are neither hits
-#   nor misses: a detection on one is ignored, and missing one costs nothing.
-# - **COCO**: the mean over IoU thresholds 0.50, 0.55, …, 0.95 (`map`), which rewards tight boxes.
+# 1. Sort all detections of the class, over all images, by decreasing score.
+# 2. Each detection looks at the ground truths of its class **in its image** and takes the one
+#    with the largest IoU. If that IoU is at least 0.5:
+#    - the ground truth is `difficult` → the detection is **ignored** (neither right nor wrong);
+#    - the ground truth is not yet claimed → **true positive** (TP), and it is now claimed;
+#    - it was already claimed by a higher-scored detection → **false positive** (FP): a duplicate.
+#      It does not fall back to its second-best ground truth.
 #
-# We use `torchmetrics`' `MeanAveragePrecision` (with the `faster_coco_eval` backend) for both,
-# and pass `difficult` as COCO's `iscrowd` flag, which has the same "ignore" meaning. One
-# departure from VOC: a crowd region matches by intersection over the *detection's* area, so a
-# small box inside a difficult object is also ignored. Boxes are compared in each image's own
-# pixels (the letterbox is undone first), as a user would see them.
+#    Below 0.5, or with no ground truth of the class in the image → FP.
+# 3. After each detection, precision = TP / (TP + FP) and recall = TP / `npos`, where `npos`
+#    counts the ground truths that are **not** difficult. So a missed difficult object costs nothing.
+# 4. AP summarises the precision–recall curve. VOC2007 took the **11-point** mean: for each recall
+#    level t = 0, 0.1, …, 1, the best precision at recall ≥ t. VOC2010 onwards takes the
+#    **all-point** area: make precision non-increasing from the right (the "envelope"), then sum
+#    width × height of each step.
+#
+# mAP is the mean of AP over the classes that have at least one non-difficult ground truth.
+#
+# **Worked by hand.** One class; image 0 holds ground truths G1 and G2 (G2 `difficult`), image 1
+# holds G3, so `npos` = 2. Five detections, already sorted:
+#
+# | detection | score | best ground truth (IoU) | verdict | TP | FP | precision | recall |
+# |---|---|---|---|---|---|---|---|
+# | d1 | 0.9 | G1 (0.91) | TP | 1 | 0 | 1 | 1/2 |
+# | d2 | 0.8 | G2 (1.0), difficult | ignored | 1 | 0 | 1 | 1/2 |
+# | d3 | 0.7 | G1 (0.64), claimed by d1 | FP | 1 | 1 | 1/2 | 1/2 |
+# | d4 | 0.6 | G3 (1.0) | TP | 2 | 1 | 2/3 | 1 |
+# | d5 | 0.5 | none in image 1 overlaps | FP | 2 | 2 | 1/2 | 1 |
+#
+# The envelope is 1 up to recall 1/2 and 2/3 from there to recall 1, so
+# all-point AP = 1/2 · 1 + 1/2 · 2/3 = **5/6 ≈ 0.833**;
+# 11-point AP = (6 · 1 + 5 · 2/3) / 11 = **28/33 ≈ 0.848** (t = 0 … 0.5 reach precision 1,
+# t = 0.6 … 1 reach 2/3).
+#
+# First the two AP rules, vectorised (no loop over points):
 
 # %%
 #| export evaluate
-"""Evaluating FCOS: mAP@0.5 (PASCAL VOC) and mAP@[.5:.95] (COCO) with torchmetrics.
+"""Evaluating FCOS: the PASCAL VOC metric (written here), and COCO-style AP with torchmetrics.
 
-Chapter 09 of the course (notebooks/09_train_eval.py). `difficult` objects are passed as COCO
-`iscrowd`, so they are neither hits nor misses (Everingham et al. 2010, §4.2).
+Chapter 09 of the course (notebooks/09_train_eval.py). The VOC metric follows the PASCAL VOC
+devkit (Everingham et al. 2010, §4.2; VOCevaldet.m and VOCap.m): per class, detections in
+descending score, each matched to its best ground truth at IoU >= 0.5, `difficult` objects
+neither hits nor misses, AP by the VOC2007 11-point rule or the VOC2010+ all-point rule.
+COCO-style figures come from torchmetrics' MeanAveragePrecision (faster_coco_eval backend), with
+`difficult` passed as `iscrowd`.
+
+Dimension letters: D detections, G ground truths, P (detection, ground truth) pairs in the same
+image, K points on a precision/recall curve, C classes.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 from tqdm.auto import tqdm
 
-from fcos_lib.data import boxes_to_original, collate_detection
+from fcos_lib.data import collate_detection
 from fcos_lib.inference import detect
+from fcos_lib.transforms import boxes_to_original
 
 
+def voc_ap(recall: Tensor, precision: Tensor, use_07_metric: bool = False) -> float:
+    """Average precision of one class from its precision/recall curve.
+
+    Args:
+        recall: (K,) cumulative recall after each detection, in descending-score order.
+        precision: (K,) cumulative precision after each detection, same order.
+        use_07_metric: True for VOC2007's 11-point rule, False for the all-point rule of VOC2010+.
+    Returns:
+        AP in [0, 1]; 0.0 for an empty curve (a class with ground truths but no detections).
+    """
+    if recall.ndim != 1 or precision.shape != recall.shape:
+        raise ValueError(
+            f"recall and precision must both have shape (K,), got {tuple(recall.shape)} and "
+            f"{tuple(precision.shape)}"
+        )
+    # float64: recall = tp / npos must compare exactly with the thresholds k / 10 below.
+    recall, precision = recall.double(), precision.double()
+    if use_07_metric:
+        return _ap_11_point(recall, precision)
+    return _ap_all_point(recall, precision)
+
+
+def _ap_11_point(recall: Tensor, precision: Tensor) -> float:
+    """VOC2007: mean over t in {0, 0.1, ..., 1} of the best precision at recall >= t (0 if none)."""
+    if recall.numel() == 0:
+        return 0.0
+    # t = k / 10 by division, not k * 0.1: 3 * 0.1 = 0.30000000000000004 would exclude a recall
+    # of exactly 3 / 10. Division rounds both t and recall = tp / npos correctly, so equal
+    # fractions give equal floats and `recall >= t` is decided exactly.
+    thresholds = torch.arange(11, dtype=torch.float64, device=recall.device) / 10  # (11,)
+    reached = recall[None, :] >= thresholds[:, None]  # (11, K)
+    # precision >= 0, so filling the unreached points with 0 gives 0 where no point reaches t.
+    best = torch.where(reached, precision[None, :], torch.zeros_like(precision)[None, :])  # (11, K)
+    return float(best.amax(dim=1).mean())
+
+
+def _ap_all_point(recall: Tensor, precision: Tensor) -> float:
+    """VOC2010+: the exact area under the precision envelope (precision made non-increasing)."""
+    zero, one = recall.new_zeros(1), recall.new_ones(1)
+    r = torch.cat([zero, recall, one])  # (K + 2,) sentinels: the curve starts at 0 and ends at 1
+    p = torch.cat([zero, precision, zero])  # (K + 2,)
+    # Envelope: each point takes the best precision at its recall or beyond (running max from the
+    # right), so a later, better operating point lifts the dips before it.
+    p = torch.flip(torch.cummax(torch.flip(p, [0]), 0).values, [0])
+    steps = r[1:] != r[:-1]  # (K + 1,) where recall moves; elsewhere the width would be 0
+    return float(((r[1:] - r[:-1]) * p[1:])[steps].sum())
+
+# %%
+recall = torch.tensor([1 / 2, 1 / 2, 1 / 2, 1, 1])  # after d1 .. d5 in the table
+precision = torch.tensor([1, 1, 1 / 2, 2 / 3, 1 / 2])
+print("all-point AP:", round(voc_ap(recall, precision), 4), "= 5/6:", abs(voc_ap(recall, precision) - 5 / 6) < 1e-12)
+print("11-point AP: ", round(voc_ap(recall, precision, use_07_metric=True), 4), "= 28/33:",
+      abs(voc_ap(recall, precision, use_07_metric=True) - 28 / 33) < 1e-12)
+
+# %% [markdown]
+# Then the matching. A loop over detections in score order is what the devkit writes, and it is
+# slow in Python. But "the first detection, in score order, whose best ground truth is G gets the
+# TP" can be computed at once: every detection's best ground truth from one IoU per
+# (detection, ground truth) pair of the same image, then, per ground truth, the smallest rank
+# among the detections that claim it (`scatter_reduce` with `amin`).
+
+# %%
+#| export evaluate
+class VOCMatch(NamedTuple):
+    """What voc_match decides for each detection of one class, in descending-score order."""
+
+    tp: Tensor  # (D,) bool: true positive
+    fp: Tensor  # (D,) bool: false positive; a detection with neither is ignored (on a difficult gt)
+    npos: int  # number of non-difficult ground truths: the denominator of recall
+    order: Tensor  # (D,) int64: order[k] is the input index of the k-th detection by score
+
+
+def voc_match(
+    det_boxes: Tensor,
+    det_scores: Tensor,
+    det_image: Tensor,
+    gt_boxes: Tensor,
+    gt_image: Tensor,
+    gt_difficult: Tensor,
+    iou_thresh: float = 0.5,
+) -> VOCMatch:
+    """Mark each detection of ONE class as TP, FP or ignored, across all images (devkit rule).
+
+    Args:
+        det_boxes: (D, 4) xyxy boxes in pixel edges (no "+1"; see _paired_iou).
+        det_scores: (D,) confidences; sorted descending with a stable sort, so ties keep input order.
+        det_image: (D,) int64 image index of each detection.
+        gt_boxes: (G, 4) xyxy ground-truth boxes of the same class.
+        gt_image: (G,) int64 image index of each ground truth.
+        gt_difficult: (G,) bool, VOC's `difficult` flag.
+        iou_thresh: a detection needs IoU >= iou_thresh with its best ground truth, in (0, 1].
+    Returns:
+        VOCMatch(tp (D,) bool, fp (D,) bool, npos int, order (D,) int64), tp and fp in score order.
+    """
+    _check_match_inputs(det_boxes, det_scores, det_image, gt_boxes, gt_image, gt_difficult, iou_thresh)
+    order = torch.argsort(det_scores, descending=True, stable=True)  # (D,)
+    ovmax, jmax = _best_gt(det_boxes[order], det_image[order], gt_boxes, gt_image)  # (D,), (D,)
+    # ">=" as in the official devkit (VOCevaldet.m: `if ovmax>=VOCopts.minoverlap`). The Python
+    # port in py-faster-rcnn / detectron2 (voc_eval.py: `if ovmax > ovthresh`) uses ">"; the two
+    # differ only when an IoU is exactly the threshold, e.g. integer boxes with IoU 1/2.
+    hit = ovmax >= iou_thresh  # (D,); False where the image has no gt, since ovmax is -1 there
+    num_det = order.numel()
+    ignored = torch.zeros(num_det, dtype=torch.bool, device=order.device)  # (D,)
+    ignored[hit] = gt_difficult[jmax[hit]]  # best gt is difficult: don't care, whatever else overlaps
+    claims = hit & ~ignored  # (D,) detections that try to claim their best gt
+    # The devkit's loop gives the TP to the first detection (in score order) whose best gt is j;
+    # every later one with the same best gt is a duplicate. "First" = smallest rank per gt.
+    rank = torch.arange(num_det, device=order.device)  # (D,)
+    claimant, claim_rank = jmax[claims], rank[claims]
+    first = torch.full((gt_boxes.shape[0],), num_det, dtype=torch.int64, device=order.device)  # (G,)
+    first = first.scatter_reduce(0, claimant, claim_rank, reduce="amin")
+    tp = torch.zeros_like(ignored)  # (D,)
+    tp[claims] = first[claimant] == claim_rank
+    fp = ~tp & ~ignored  # below threshold, no gt, or a duplicate of a claimed gt
+    npos = int((~gt_difficult).sum())
+    return VOCMatch(tp=tp, fp=fp, npos=npos, order=order)
+
+
+def _best_gt(det_boxes: Tensor, det_image: Tensor, gt_boxes: Tensor, gt_image: Tensor) -> tuple[Tensor, Tensor]:
+    """Each detection's best-overlapping ground truth in its own image.
+
+    Args:
+        det_boxes: (D, 4), det_image: (D,); gt_boxes: (G, 4), gt_image: (G,).
+    Returns:
+        ovmax (D,) float64, the largest IoU (-1 where the image has no gt), and jmax (D,) int64,
+        the index of the first gt reaching it (-1 where none).
+    """
+    num_det, num_gt = det_image.numel(), gt_image.numel()
+    pair_det, pair_gt = _same_image_pairs(det_image, gt_image)  # (P,), (P,)
+    iou = _paired_iou(det_boxes[pair_det].double(), gt_boxes[pair_gt].double())  # (P,)
+    ovmax = torch.full((num_det,), -1.0, dtype=torch.float64, device=iou.device)
+    ovmax = ovmax.scatter_reduce(0, pair_det, iou, reduce="amax")  # (D,)
+    # Ties: the devkit loops over gts in order and replaces only on a strictly larger IoU, so the
+    # lowest gt index wins (gts of one image keep their input order in these global indices).
+    at_max = iou == ovmax[pair_det]  # (P,)
+    jmax = torch.full((num_det,), num_gt, dtype=torch.int64, device=iou.device)
+    jmax = jmax.scatter_reduce(0, pair_det[at_max], pair_gt[at_max], reduce="amin")  # (D,)
+    jmax[jmax == num_gt] = -1
+    return ovmax, jmax
+
+
+def _same_image_pairs(det_image: Tensor, gt_image: Tensor) -> tuple[Tensor, Tensor]:
+    """Every (detection, ground truth) index pair that shares an image, without a Python loop.
+
+    Detection d in image i pairs with each of the G_i gts of image i, so P = sum_d G_image(d).
+    Returns:
+        pair_det (P,) int64 and pair_gt (P,) int64, grouped by detection.
+    """
+    gt_order = torch.argsort(gt_image, stable=True)  # (G,) gts grouped by image, input order kept
+    sorted_image = gt_image[gt_order].contiguous()  # (G,)
+    start = torch.searchsorted(sorted_image, det_image, side="left")  # (D,) first gt of its image
+    count = torch.searchsorted(sorted_image, det_image, side="right") - start  # (D,) G_image(d)
+    pair_det = torch.repeat_interleave(torch.arange(det_image.numel(), device=det_image.device), count)
+    # Position of each pair inside its detection's run of gts: 0, 1, ..., count - 1.
+    run_start = torch.cumsum(count, 0) - count  # (D,)
+    within = torch.arange(pair_det.numel(), device=det_image.device) - run_start[pair_det]  # (P,)
+    pair_gt = gt_order[start[pair_det] + within]  # (P,)
+    return pair_det, pair_gt
+
+
+def _paired_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of a[k] with b[k] (not all pairs), for (P, 4) xyxy boxes -> (P,).
+
+    Boxes are continuous pixel edges, so width = x2 - x1 with no "+1". The devkit adds 1 because
+    it stores 1-based inclusive pixel indices; the course's loader turns those into edges
+    (x1 = xmin - 1), so both measure the same widths.
+    """
+    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)  # (P, 2)
+    inter = wh[:, 0] * wh[:, 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    # A zero-area detection on a zero-area box would give 0 / 0; count it as no overlap.
+    return inter / (area_a + area_b - inter).clamp(min=torch.finfo(inter.dtype).tiny)
+
+
+def _check_match_inputs(det_boxes, det_scores, det_image, gt_boxes, gt_image, gt_difficult, iou_thresh) -> None:
+    """Shape and range checks for voc_match, each error naming the argument."""
+    for name, boxes, letter in (("det_boxes", det_boxes, "D"), ("gt_boxes", gt_boxes, "G")):
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"{name} must have shape ({letter}, 4), got {tuple(boxes.shape)}")
+    num_det, num_gt = det_boxes.shape[0], gt_boxes.shape[0]
+    for name, value, n, letter in (("det_scores", det_scores, num_det, "D"), ("det_image", det_image, num_det, "D"),
+                                   ("gt_image", gt_image, num_gt, "G"), ("gt_difficult", gt_difficult, num_gt, "G")):
+        if value.shape != (n,):
+            raise ValueError(f"{name} must have shape ({letter},) = ({n},), got {tuple(value.shape)}")
+    for name, value in (("det_image", det_image), ("gt_image", gt_image)):
+        if value.dtype != torch.int64:
+            raise ValueError(f"{name} must be an int64 tensor of image indices, got dtype {value.dtype}")
+    if gt_difficult.dtype != torch.bool:
+        raise ValueError(f"gt_difficult must be a bool tensor, got dtype {gt_difficult.dtype}")
+    if not 0 < iou_thresh <= 1:
+        raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
+
+# %% [markdown]
+# The table's case, with boxes that give those IoUs:
+
+# %%
+gt_boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]])  # G1, G2 (image 0), G3 (image 1)
+gt_image, gt_difficult = torch.tensor([0, 0, 1]), torch.tensor([False, True, False])
+det_boxes = torch.tensor([[0.0, 0, 10, 11],  # d1 on G1: IoU 100/110 = 0.91
+                          [20, 20, 30, 30],  # d2 on G2 (difficult)
+                          [0, 0, 8, 8],      # d3 on G1 again: IoU 64/100
+                          [0, 0, 10, 10],    # d4 on G3
+                          [40, 40, 50, 50]]) # d5 on nothing
+det_scores, det_image = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]), torch.tensor([0, 0, 0, 1, 1])
+match = voc_match(det_boxes, det_scores, det_image, gt_boxes, gt_image, gt_difficult)
+print("TP:", match.tp.tolist())
+print("FP:", match.fp.tolist(), "| npos:", match.npos)
+assert match.tp.tolist() == [True, False, False, True, False] and match.fp.tolist() == [False, False, True, False, True]
+
+# %% [markdown]
+# Last, the precision–recall curve and the mean over classes. An ignored detection repeats the
+# previous point of the curve, so it changes neither AP.
+
+# %%
+#| export evaluate
+def voc_pr_curve(tp: Tensor, fp: Tensor, npos: int) -> tuple[Tensor, Tensor]:
+    """Cumulative recall and precision after each detection, in descending-score order.
+
+    Args:
+        tp, fp: (D,) bool from voc_match. Ignored detections (neither) repeat the previous point,
+            as in the devkit, which leaves both AP rules unchanged.
+        npos: number of non-difficult ground truths, > 0.
+    Returns:
+        recall (D,) float64 and precision (D,) float64.
+    """
+    if npos <= 0:
+        raise ValueError(f"npos must be > 0 to define recall, got {npos}; the class has no non-difficult ground truth")
+    ctp = torch.cumsum(tp, 0, dtype=torch.float64)  # (D,)
+    cfp = torch.cumsum(fp, 0, dtype=torch.float64)  # (D,)
+    recall = ctp / npos
+    # Leading ignored detections have 0 / 0; the devkit's Python port writes 0 (tp / max(n, eps)).
+    precision = ctp / (ctp + cfp).clamp(min=1)
+    return recall, precision
+
+
+def voc_mean_ap(
+    predictions: list[dict],
+    ground_truths: list[dict],
+    num_classes: int,
+    iou_thresh: float = 0.5,
+    use_07_metric: bool = False,
+) -> dict:
+    """PASCAL VOC mAP over a set of images.
+
+    Args:
+        predictions: one dict per image: boxes (K, 4) float xyxy, scores (K,), labels (K,) int64
+            in [0, C).
+        ground_truths: one dict per image, same order: boxes (N, 4) float xyxy, labels (N,) int64
+            in [0, C), difficult (N,) bool (optional; all False when absent).
+        num_classes: C.
+        iou_thresh: IoU a detection needs with its best ground truth, in (0, 1]; VOC uses 0.5.
+        use_07_metric: True for VOC2007's 11-point AP, False for the all-point AP of VOC2010+.
+    Returns:
+        dict with
+          map: mean AP over the classes that have at least one non-difficult gt (None if none has),
+          per_class: C floats, None for a class without a non-difficult gt,
+          pr_curves: C pairs (recall (D_c,), precision (D_c,)) float64 in score order, or None,
+          num_positives: C ints, the non-difficult gts of each class.
+    """
+    det, gt = _flatten(predictions, ground_truths, num_classes)
+    per_class, pr_curves, num_positives = [], [], []
+    for c in range(num_classes):
+        d, g = det["labels"] == c, gt["labels"] == c  # (D,), (G,)
+        match = voc_match(det["boxes"][d], det["scores"][d], det["image"][d],
+                          gt["boxes"][g], gt["image"][g], gt["difficult"][g], iou_thresh)
+        num_positives.append(match.npos)
+        if match.npos == 0:  # recall is undefined: the class takes no part in the mean
+            per_class.append(None)
+            pr_curves.append(None)
+            continue
+        recall, precision = voc_pr_curve(match.tp, match.fp, match.npos)
+        per_class.append(voc_ap(recall, precision, use_07_metric))
+        pr_curves.append((recall, precision))
+    scored = [ap for ap in per_class if ap is not None]
+    return {
+        "map": sum(scored) / len(scored) if scored else None,
+        "per_class": per_class,
+        "pr_curves": pr_curves,
+        "num_positives": num_positives,
+    }
+
+
+def _flatten(predictions: list[dict], ground_truths: list[dict], num_classes: int) -> tuple[dict, dict]:
+    """Check the per-image dicts and concatenate them, adding each row's image index."""
+    if not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(predictions, (list, tuple)) or not isinstance(ground_truths, (list, tuple)):
+        raise ValueError(
+            f"predictions and ground_truths must be lists with one dict per image, got "
+            f"{type(predictions).__name__} and {type(ground_truths).__name__}"
+        )
+    if len(predictions) != len(ground_truths):
+        raise ValueError(
+            f"predictions has {len(predictions)} images but ground_truths has {len(ground_truths)}; "
+            "pass one dict per image to each, in the same order"
+        )
+    det = _concat([_check_image("predictions", i, p, ("boxes", "scores", "labels"), num_classes)
+                   for i, p in enumerate(predictions)], ("boxes", "scores", "labels"))
+    gt = _concat([_check_image("ground_truths", i, t, ("boxes", "labels", "difficult"), num_classes)
+                  for i, t in enumerate(ground_truths)], ("boxes", "labels", "difficult"))
+    return det, gt
+
+
+def _check_image(arg: str, i: int, item: dict, keys: tuple, num_classes: int) -> dict:
+    """One image's dict, validated and moved to the CPU as float64 boxes / int64 labels."""
+    where = f"{arg}[{i}]"
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} must be a dict with keys {list(keys)}, got {type(item).__name__}")
+    required = [k for k in keys if k != "difficult"]
+    missing = [k for k in required if k not in item]
+    if missing:
+        raise ValueError(f"{where} is missing {missing}; it has {sorted(item)} and needs {required}")
+    boxes = torch.as_tensor(item["boxes"]).detach().cpu()
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        # An image with no boxes may come as shape (0,); accept it as (0, 4).
+        if boxes.numel() != 0:
+            raise ValueError(f"{where}['boxes'] must have shape (K, 4) xyxy, got {tuple(boxes.shape)}")
+        boxes = boxes.reshape(0, 4)
+    if not torch.isfinite(boxes).all():
+        raise ValueError(f"{where}['boxes'] contains NaN or inf")
+    out = {"boxes": boxes.double()}
+    for k in keys[1:]:
+        value = torch.as_tensor(item[k] if k in item else torch.zeros(len(boxes), dtype=torch.bool)).detach().cpu()
+        if value.shape != (len(boxes),):
+            raise ValueError(
+                f"{where}['{k}'] must have shape ({len(boxes)},), one per box, got {tuple(value.shape)}"
+            )
+        out[k] = value
+    labels = out["labels"]
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{where}['labels'] must be an integer tensor, got dtype {labels.dtype}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{where}['labels'] must lie in [0, {num_classes}), got values from {int(labels.min())} "
+            f"to {int(labels.max())}"
+        )
+    out["labels"] = labels.long()
+    if "scores" in out:
+        if not torch.isfinite(out["scores"]).all():
+            raise ValueError(f"{where}['scores'] contains NaN or inf")
+        out["scores"] = out["scores"].double()
+    if "difficult" in out:
+        out["difficult"] = out["difficult"].bool()
+    return out
+
+
+_EMPTY = {  # what each key holds when there are no images at all
+    "boxes": torch.zeros(0, 4, dtype=torch.float64), "scores": torch.zeros(0, dtype=torch.float64),
+    "labels": torch.zeros(0, dtype=torch.int64), "difficult": torch.zeros(0, dtype=torch.bool),
+}
+
+
+def _concat(items: list[dict], keys: tuple) -> dict:
+    """Concatenate per-image dicts; `image` (total,) int64 records which image each row came from."""
+    counts = torch.tensor([len(item["boxes"]) for item in items], dtype=torch.int64)
+    out = {"image": torch.repeat_interleave(torch.arange(len(items)), counts)}
+    for k in keys:
+        out[k] = torch.cat([item[k] for item in items]) if items else _EMPTY[k]
+    return out
+
+# %%
+table_predictions = [{"boxes": det_boxes[:3], "scores": det_scores[:3], "labels": torch.zeros(3, dtype=torch.long)},
+                     {"boxes": det_boxes[3:], "scores": det_scores[3:], "labels": torch.zeros(2, dtype=torch.long)}]
+table_truth = [{"boxes": gt_boxes[:2], "labels": torch.zeros(2, dtype=torch.long), "difficult": gt_difficult[:2]},
+               {"boxes": gt_boxes[2:], "labels": torch.zeros(1, dtype=torch.long), "difficult": gt_difficult[2:]}]
+for use_07_metric, expected in ((False, 5 / 6), (True, 28 / 33)):
+    result = voc_mean_ap(table_predictions, table_truth, num_classes=1, use_07_metric=use_07_metric)
+    print("11-point" if use_07_metric else "all-point", round(result["map"], 4), abs(result["map"] - expected) < 1e-12)
+# Drop the difficult rule (G2 an ordinary object, npos 3, d2 a hit) and the answer changes:
+as_normal = [dict(t, difficult=torch.zeros_like(t["difficult"])) for t in table_truth]
+print("without the difficult rule:", round(voc_mean_ap(table_predictions, as_normal, 1)["map"], 4))
+
+# %% [markdown]
+# ### The same detections under torchmetrics
+#
+# torchmetrics' COCO-style AP at IoU 0.5 on the table's case gives another number. COCO samples
+# the envelope at 101 recall points (0, 0.01, …, 1) instead of taking its area, and it matches
+# greedily per image with a fallback to the next unmatched ground truth:
+
+# %%
+from torchmetrics.detection import MeanAveragePrecision
+
+coco50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5], backend="faster_coco_eval")
+coco50.update(table_predictions, [{"boxes": t["boxes"], "labels": t["labels"], "iscrowd": t["difficult"].long()} for t in table_truth])
+coco_ap50 = float(coco50.compute()["map"])
+print(f"torchmetrics AP50 {coco_ap50:.4f} | VOC all-point {5 / 6:.4f} | VOC 11-point {28 / 33:.4f}")
+print("101-point mean of the same envelope = 253/303:", abs(coco_ap50 - 253 / 303) < 1e-4)
+
+# %% [markdown]
+# ## COCO-style AP with torchmetrics, and everything together
+#
+# The second convention is COCO's: AP averaged over IoU thresholds 0.50, 0.55, …, 0.95 (`map`),
+# which rewards tight boxes. We take it from `torchmetrics`' `MeanAveragePrecision` (backend
+# `faster_coco_eval`), with `difficult` passed as COCO's `iscrowd` flag, which also means
+# "ignore". The same object also gives COCO-style AP at IoU 0.5 (`map50`). It is **not** the
+# VOC number: COCO samples precision at 101 recall points, lets a detection fall back to the next
+# unmatched ground truth, and matches a crowd region by intersection over the detection's own
+# area. The four figures `evaluate` reports:
+#
+# | key | what | compare with |
+# |---|---|---|
+# | `voc07_map50` | PASCAL VOC, IoU 0.5, 11-point AP (VOC2007 devkit) | papers that report "VOC2007 test mAP" (Faster R-CNN, SSD, the FCOS literature on VOC) |
+# | `voc_map50` | PASCAL VOC, IoU 0.5, all-point AP (VOC2010+ devkit) | VOC2012 results and detectron2 / mmdetection's "area" AP |
+# | `map50` | COCO-style AP at IoU 0.5 (torchmetrics) | COCO's "AP50" column |
+# | `map` | COCO mAP@[.5:.95] (torchmetrics) | COCO's "AP" column |
+#
+# Boxes are compared in each image's own pixels (the letterbox is undone first), as a user sees
+# them.
+
+# %%
+#| export evaluate
 def _map_metric(**kwargs) -> MeanAveragePrecision:
     return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval", **kwargs)
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    dataset,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    score_thresh: float = 0.05,
-    num_workers: int = 0,
-    progress: bool = False,
-) -> dict:
-    """mAP of `model` on a VOCDataset, in each image's original pixels.
+def collect_detections(model: torch.nn.Module, dataset, batch_size: int = 16, device: str | torch.device = "cpu",
+                       score_thresh: float = 0.05, num_workers: int = 0, progress: bool = False) -> tuple[list, list]:
+    """Run `model` over a VOCDataset; detections and ground truth per image, in original pixels.
 
     Returns:
-        dict with `map50`, `map` (floats), `per_class_ap50` and `per_class_ap` ({class name: AP, or
-        None for a class with no ground truth in this split}), `num_images`, and `pr_curves`
-        ({class name: (recall (R,), precision (R,)) at IoU 0.5}).
+        (predictions, ground_truths): one dict per image each; predictions hold boxes (K, 4),
+        scores (K,), labels (K,); ground truths hold boxes (N, 4), labels (N,), difficult (N,).
     """
     if len(dataset) == 0:
         raise ValueError("the evaluation split has no images")
-    coco, voc = _map_metric(), _map_metric(iou_thresholds=[0.5], extended_summary=True)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_detection, num_workers=num_workers)
     model = model.to(device)
+    predictions, ground_truths = [], []
     for images, _, targets in tqdm(loader, desc="evaluate", disable=not progress):
         detections = detect(model, images.to(device), targets, score_thresh=score_thresh)
-        preds = [{k: d[k].cpu() for k in ("boxes", "scores", "labels")} for d in detections]
-        truth = [
-            {"boxes": boxes_to_original(t["boxes"], t), "labels": t["labels"], "iscrowd": t["difficult"].long()}
-            for t in targets
-        ]
-        coco.update(preds, truth)
-        voc.update(preds, truth)
-    coco_result, voc_result = coco.compute(), voc.compute()
-    names = dataset.class_names
+        predictions += [{k: d[k].cpu() for k in ("boxes", "scores", "labels")} for d in detections]
+        ground_truths += [{"boxes": boxes_to_original(t["boxes"], t), "labels": t["labels"], "difficult": t["difficult"]}
+                          for t in targets]
+    return predictions, ground_truths
+
+
+def detection_metrics(predictions: list, ground_truths: list, class_names) -> dict:
+    """The four mAP figures of a set of detections, and per-class AP.
+
+    Returns:
+        dict with map50 and map (torchmetrics: COCO-style AP at IoU 0.5, and mAP@[.5:.95]),
+        voc07_map50 and voc_map50 (the PASCAL VOC metric above, 11-point and all-point),
+        per_class_ap50, per_class_ap, per_class_voc07_ap50, per_class_voc_ap50 ({class name: AP,
+        or None for a class with no (non-difficult) ground truth}), and pr_curves ({class name:
+        (recall (K,), precision (K,))}, the VOC curves at IoU 0.5).
+    """
+    names = list(class_names)
+    coco, coco50 = _map_metric(), _map_metric(iou_thresholds=[0.5])
+    crowd = [{"boxes": t["boxes"], "labels": t["labels"], "iscrowd": t["difficult"].long()} for t in ground_truths]
+    for metric in (coco, coco50):
+        metric.update(predictions, crowd)
+    coco_result, coco50_result = coco.compute(), coco50.compute()
 
     def per_class(result: dict) -> dict:
         values = {int(c): float(ap) for c, ap in zip(result["classes"].reshape(-1), result["map_per_class"].reshape(-1))}
         return {name: (values[i] if values.get(i, -1.0) >= 0 else None) for i, name in enumerate(names)}
 
-    # precision: (T=1, R=101 recall points, K classes, A areas, M max-dets); "all" area, 100 dets.
-    recall = torch.linspace(0, 1, 101)
-    classes = voc_result["classes"].reshape(-1).tolist()
-    pr_curves = {names[c]: (recall, voc_result["precision"][0, :, k, 0, -1].clamp(min=0)) for k, c in enumerate(classes)}
+    def coco_mean(result: dict):  # torchmetrics writes -1 when no class has ground truth
+        value = float(result["map"])
+        return value if value >= 0 else None
+
+    voc07 = voc_mean_ap(predictions, ground_truths, len(names), use_07_metric=True)
+    voc = voc_mean_ap(predictions, ground_truths, len(names), use_07_metric=False)
     return {
-        "map50": float(voc_result["map"]),
-        "map": float(coco_result["map"]),
-        "per_class_ap50": per_class(voc_result),
+        "map50": coco_mean(coco50_result),
+        "map": coco_mean(coco_result),
+        "voc07_map50": voc07["map"],
+        "voc_map50": voc["map"],
+        "per_class_ap50": per_class(coco50_result),
         "per_class_ap": per_class(coco_result),
-        "num_images": len(dataset),
-        "pr_curves": pr_curves,
+        "per_class_voc07_ap50": dict(zip(names, voc07["per_class"])),
+        "per_class_voc_ap50": dict(zip(names, voc["per_class"])),
+        "pr_curves": {name: curve for name, curve in zip(names, voc["pr_curves"]) if curve is not None},
     }
 
 
+def evaluate(model: torch.nn.Module, dataset, batch_size: int = 16, device: str | torch.device = "cpu",
+             score_thresh: float = 0.05, num_workers: int = 0, progress: bool = False) -> dict:
+    """mAP of `model` on a VOCDataset, in each image's original pixels: detection_metrics + num_images."""
+    predictions, ground_truths = collect_detections(model, dataset, batch_size, device, score_thresh, num_workers, progress)
+    return {**detection_metrics(predictions, ground_truths, dataset.class_names), "num_images": len(dataset)}
+
+
 def format_ap_table(metrics: dict) -> str:
-    """The per-class AP table as text (AP@0.5 and AP@[.5:.95]), with the means last."""
-    fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"
-    width = max(len(n) for n in metrics["per_class_ap50"]) if metrics["per_class_ap50"] else 5
-    lines = [f"{'class':{width}s}  AP@0.5  AP@[.5:.95]"]
-    for name, ap50 in metrics["per_class_ap50"].items():
-        lines.append(f"{name:{width}s}  {fmt(ap50)}  {fmt(metrics['per_class_ap'][name])}")
-    lines.append(f"{'mean':{width}s}  {fmt(metrics['map50'])}  {fmt(metrics['map'])}")
+    """The per-class AP table as text (VOC07, VOC, COCO-style AP50, AP@[.5:.95]), with the means last."""
+    fmt = lambda v: "    n/a" if v is None else f"{v:7.3f}"  # noqa: E731
+    names = list(metrics["per_class_ap50"])
+    width = max([len(n) for n in names] + [5])
+    columns = (("VOC07", "per_class_voc07_ap50", "voc07_map50"), ("VOC", "per_class_voc_ap50", "voc_map50"),
+               ("AP50", "per_class_ap50", "map50"), ("AP", "per_class_ap", "map"))
+    lines = [f"{'class':{width}s}" + "".join(f"{title:>8s}" for title, _, _ in columns)]
+    for name in names:
+        lines.append(f"{name:{width}s}" + "".join(" " + fmt(metrics[per][name]) for _, per, _ in columns))
+    lines.append(f"{'mean':{width}s}" + "".join(" " + fmt(metrics[mean]) for _, _, mean in columns))
     return "\n".join(lines)
-
-
-# %% [markdown]
-# Check the metric on a case worked out by hand: one image with two ground-truth objects of
-# class 0, one of them `difficult`. A perfect detection of the normal object and nothing else
-# gives AP 1.0 (the difficult one is not a miss); a detection placed on the difficult object
-# alone gives no true positive, and it is not a false positive either.
-
-# %%
-gt = {"boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 90, 90]]), "labels": torch.tensor([0, 0]), "iscrowd": torch.tensor([0, 1])}
-hit = {"boxes": torch.tensor([[10.0, 10, 50, 50]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
-hit_and_difficult = {"boxes": torch.tensor([[10.0, 10, 50, 50], [60, 60, 90, 90]]), "scores": torch.tensor([0.8, 0.9]), "labels": torch.tensor([0, 0])}
-for name, pred in [("hit", hit), ("hit + detection on the difficult object", hit_and_difficult)]:
-    metric = _map_metric(iou_thresholds=[0.5])
-    metric.update([pred], [gt])
-    print(f"{name}: AP@0.5 = {float(metric.compute()['map']):.3f}")
 
 # %% [markdown]
 # Now the trained model on the validation split. Offline, 60 iterations at 160 px from random
@@ -719,9 +1339,10 @@ for name, pred in [("hit", hit), ("hit + detection on the difficult object", hit
 # and the GPU recipe trains for 9,000 iterations from ImageNet weights.
 
 # %%
+from fcos_lib.checkpoint import model_from_checkpoint
 from fcos_lib.data import VOCDataset
 from fcos_lib.evaluate import evaluate, format_ap_table
-from fcos_lib.train import model_from_checkpoint, resolve_data
+from fcos_lib.train import resolve_data
 
 model, checkpoint = model_from_checkpoint(Path(cfg.out) / "last.pt", device=resolve_device(cfg.device))
 root, class_names = resolve_data(cfg)
@@ -733,10 +1354,10 @@ metrics = evaluate(model, val_set, device=resolve_device(cfg.device))
 print(format_ap_table(metrics))
 
 # %%
-print("metrics are valid numbers:", all(0.0 <= metrics[k] <= 1.0 for k in ("map50", "map")))
+print("metrics are valid numbers:", all(0.0 <= metrics[k] <= 1.0 for k in ("voc07_map50", "voc_map50", "map50", "map")))
 
 # %% [markdown]
-# ### Precision–recall curves (IoU 0.5)
+# ### Precision–recall curves (the VOC rule, IoU 0.5)
 
 # %%
 fig, ax = plt.subplots(figsize=(5, 4))
@@ -753,12 +1374,11 @@ plt.show()
 # ground truth in white for comparison.
 
 # %%
-#| export
+#| export report
 def plot_detections(model, dataset, indices, device="cpu", score_thresh: float = 0.3, ncols: int = 4):
     """A grid of images from `dataset` with detections (coloured) and ground truth (white)."""
     import matplotlib.pyplot as plt
-    from fcos_lib.data import boxes_to_original, collate_detection, draw_boxes, load_image
-    from fcos_lib.inference import detect
+    from fcos_lib.data import load_image
 
     images, _, targets = collate_detection([dataset[i] for i in indices])
     detections = detect(model, images.to(device), targets, score_thresh=score_thresh)
@@ -784,13 +1404,15 @@ plt.show()
 #
 # `python -m fcos_lib train` runs `train`, then `write_run_report`: it evaluates the last
 # checkpoint on the validation split and writes `metrics.json`, `loss_curve.png` and
-# `detections.png` next to `last.pt`. `python -m fcos_lib detect` runs `detect_files`.
+# `detections.png` next to `last.pt`. `python -m fcos_lib detect` runs chapter 08's
+# `fcos_lib.inference.detect_files`.
 
 # %%
-#| export
+#| export report
 def scalar_metrics(metrics: dict, **extra) -> dict:
     """The JSON-friendly part of `evaluate`'s result (no curves), plus `extra` fields."""
-    keep = ("map50", "map", "per_class_ap50", "per_class_ap", "num_images")
+    keep = ("map50", "map", "voc07_map50", "voc_map50", "per_class_ap50", "per_class_ap",
+            "per_class_voc07_ap50", "per_class_voc_ap50", "num_images")
     return {**{k: metrics[k] for k in keep}, **extra}
 
 
@@ -822,42 +1444,6 @@ def write_run_report(cfg: TrainConfig, state: dict) -> dict:
     fig.savefig(out / "detections.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return metrics
-
-
-def detect_files(model, state: dict, paths, out, score_thresh: float = 0.3, device="cpu") -> list[dict]:
-    """Detect objects in image files; write annotated copies and detections.json to `out`.
-
-    Boxes in the JSON are (x1, y1, x2, y2) in each image's own pixels.
-    """
-    import matplotlib.pyplot as plt
-    from fcos_lib.data import draw_boxes, letterbox, load_image
-    from fcos_lib.inference import detect
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    class_names = state["class_names"]
-    results = []
-    for path in map(Path, paths):
-        image = load_image(path)  # clear DatasetError for a missing or unreadable file
-        tensor, meta = letterbox(image, state["config"]["image_size"])
-        det = detect(model, tensor[None].to(device), [meta], score_thresh=score_thresh)[0]
-        boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
-        results.append({
-            "image": str(path),
-            "width": image.width, "height": image.height,
-            "detections": [
-                {"box": [round(v, 2) for v in b.tolist()], "score": round(float(s), 4), "label": class_names[int(c)]}
-                for b, s, c in zip(boxes, scores, labels)
-            ],
-        })
-        fig, ax = plt.subplots(figsize=(6, 6 * image.height / image.width))
-        ax.imshow(image)
-        ax.axis("off")
-        draw_boxes(ax, boxes, labels, scores, class_names=class_names)
-        fig.savefig(out / f"{path.stem}_detections.png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-    (out / "detections.json").write_text(json.dumps(results, indent=2))
-    return results
 
 
 # %%

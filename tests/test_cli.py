@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fcos_lib.cli import main
-from fcos_lib.data import make_course_dataset
+from fcos_lib.cli import build_parser, config_from_args, main
+from fcos_lib.config import baseline_recipe, improved_recipe
+from fcos_lib.course_data import make_course_dataset
 
 TINY = ["--image-size", "64", "--batch-size", "2", "--iters", "3", "--device", "cpu"]
 
@@ -51,9 +52,9 @@ def test_train_writes_the_run_folder(trained):
 
 
 def test_evaluate_agrees_with_the_library(trained, tiny_data, tmp_path, capsys):
+    from fcos_lib.checkpoint import model_from_checkpoint
     from fcos_lib.data import VOCDataset
     from fcos_lib.evaluate import evaluate
-    from fcos_lib.train import model_from_checkpoint
 
     assert main(["evaluate", "--checkpoint", str(trained / "last.pt"), "--data", str(tiny_data),
                  "--split", "val", "--device", "cpu", "--out", str(tmp_path)]) == 0
@@ -154,3 +155,75 @@ def test_missing_checkpoint_and_image(capsys, trained, tmp_path):
 def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "fcos_lib", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "train" in done.stdout
+
+
+# ---------------------------------------------------------------- flags -> TrainConfig
+
+def cfg_of(*argv):
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_no_flags_is_the_main_job():
+    cfg = cfg_of()
+    expected = improved_recipe(iters=300, warmup_iters=30, in_memory=True, num_workers=0)
+    assert cfg == expected
+
+
+@pytest.mark.parametrize("context, flag, field, value", [
+    ([], ["--data", "D"], "data", "D"),
+    ([], ["--classes", "cat, dog"], "classes", ("cat", "dog")),
+    ([], ["--train-split", "trainval"], "train_split", "trainval"),
+    ([], ["--val-split", "test"], "val_split", "test"),
+    ([], ["--image-size", "320"], "image_size", 320),
+    ([], ["--iters", "50"], "iters", 50),
+    ([], ["--batch-size", "8"], "batch_size", 8),
+    ([], ["--lr", "0.005"], "lr", 0.005),
+    ([], ["--pretrained"], "pretrained_backbone", True),
+    (["--data", "D"], ["--in-memory"], "in_memory", True),
+    ([], ["--workers", "3"], "num_workers", 3),
+    ([], ["--device", "cpu"], "device", "cpu"),
+    ([], ["--out", "runs/x"], "out", "runs/x"),
+    ([], ["--seed", "7"], "seed", 7),
+])
+def test_every_flag_reaches_the_config(context, flag, field, value):
+    base, changed = cfg_of(*context), cfg_of(*context, *flag)
+    assert getattr(changed, field) == value
+    # ... and changes nothing else, besides the defaults the flag implies.
+    implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters"}, "iters": {"warmup_iters"},
+               "in_memory": {"num_workers"}}.get(field, set())
+    base, changed = dataclass_dict(base), dataclass_dict(changed)
+    assert {k for k in base if base[k] != changed[k]} - implied == {field}
+
+
+def dataclass_dict(cfg):
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def test_data_flag_means_the_full_recipe_and_workers_are_kept_in_memory():
+    cfg = cfg_of("--data", "D")
+    assert (cfg.iters, cfg.in_memory, cfg.num_workers, cfg.warmup_iters) == (9000, False, 2, 500)
+    assert cfg_of("--data", "D", "--in-memory").num_workers == 0
+    assert cfg_of("--data", "D", "--in-memory", "--workers", "3").num_workers == 3  # not ignored
+    assert cfg_of("--workers", "2").num_workers == 2  # the course data is in memory: still honoured
+
+
+def test_baseline_recipe_has_no_warm_up():
+    cfg = cfg_of("--recipe", "baseline")
+    assert cfg.warmup_iters == 0 and cfg.lr == baseline_recipe().lr and cfg.schedule == "step"
+    assert cfg_of("--recipe", "baseline", "--lr", "0.01").lr == 0.01
+    assert cfg_of("--iters", "100").warmup_iters == 10  # the improved recipe's, fitted to a short run
+
+
+def test_resume_keeps_the_runs_settings_and_refuses_changes(trained, tiny_data, capsys):
+    import dataclasses
+
+    from fcos_lib.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(trained / "last.pt")["config"]
+    cfg = cfg_of("--out", str(trained), "--resume")  # no other flag: the run's own settings
+    assert dataclasses.asdict(cfg) == {**saved, "classes": cfg.classes, "steps": cfg.steps}
+    err = one_line_error(capsys, ["train", "--out", str(trained), "--resume", "--iters", "5", "--batch-size", "3"])
+    assert "iters 3 -> 5" in err and "batch_size 2 -> 3" in err
+    assert load_checkpoint(trained / "last.pt")["iteration"] == 3

@@ -28,19 +28,42 @@ def test_shapes_non_square_and_full_feature_shapes(image_size):
 
 
 def test_location_k_is_paired_with_prediction_k():
-    # ERRATA 1: a feature map whose value at (h, w) is (w, h), flattened like the head, must
-    # decode to the same cell as location k. Non-square, so a swap cannot hide.
-    H, W = 160, 224
+    # ERRATA 1: the head's prediction k must come from the cell of location k. A map of 3 rows x
+    # 5 columns (non-square, so a swap of H and W cannot hide) whose value at (h, w) is (w, h):
+    # flattened row by row, x fastest, entry k holds (k % 5, k // 5). Values worked out by hand,
+    # not by a copy of flatten_level's body.
+    H_l, W_l = 3, 5
+    rows, cols = torch.meshgrid(torch.arange(H_l), torch.arange(W_l), indexing="ij")  # (H_l, W_l) each
+    position_map = torch.stack([cols, rows]).float()[None].repeat(2, 1, 1, 1)  # (B, 2, H_l, W_l): (w, h)
+    position_map[1] += 100  # the second image holds (w + 100, h + 100): images must not mix
+    flat = flatten_level(position_map)  # (B, H_l*W_l, 2)
+    assert flat.shape == (2, 15, 2)
+    assert flat[0, 0].tolist() == [0, 0]
+    assert flat[0, 1].tolist() == [1, 0]  # k = 1: one column right (x walks fastest)
+    assert flat[0, 4].tolist() == [4, 0]  # k = 4: the last column of row 0
+    assert flat[0, 5].tolist() == [0, 1]  # k = 5 = W_l: the first column of row 1
+    assert flat[0, 13].tolist() == [3, 2]  # k = 13 = 2 * 5 + 3
+    assert flat[1, 13].tolist() == [103, 102]
+    k = torch.arange(H_l * W_l)
+    assert torch.equal(flat[0], torch.stack([k % W_l, k // W_l], dim=1).float())
+    # Location k, decoded back to its cell (x / s - 1/2, y / s - 1/2), is the same (w, h).
+    locs = get_fpn_location_coords({"p4": (H_l, W_l)}, {"p4": 16})["p4"]  # (15, 2) (x, y)
+    assert torch.equal(locs / 16 - 0.5, flat[0]) and torch.equal(locs / 16 - 0.5 + 100, flat[1])
+
+
+@pytest.mark.parametrize("image_size", [(160, 224), (224, 96)])
+def test_locations_decode_to_the_flattened_cell_on_every_level(image_size):
+    # The same pairing on the FPN levels of non-square inputs, for every k at once.
+    H, W = image_size
     shapes = {p: (H // s, W // s) for p, s in STRIDES.items()}
     locs = get_fpn_location_coords(shapes, STRIDES)
     for p, (H_l, W_l) in shapes.items():
         rows, cols = torch.meshgrid(torch.arange(H_l), torch.arange(W_l), indexing="ij")
-        position_map = torch.stack([cols, rows]).float()[None].expand(3, -1, -1, -1)  # (B, 2, H_l, W_l)
-        flat = position_map.permute(0, 2, 3, 1).reshape(3, -1, 2)  # (B, L_l, 2), the head's order
-        assert torch.equal(flat, flatten_level(position_map))
-        decoded = locs[p] / STRIDES[p] - 0.5  # (L_l, 2) = (w, h)
-        for b in range(3):
-            assert torch.equal(decoded, flat[b])
+        position_map = torch.stack([cols, rows]).float()[None]  # (1, 2, H_l, W_l): (w, h)
+        flat = flatten_level(position_map)[0]  # (L_l, 2)
+        k = torch.arange(H_l * W_l)
+        assert torch.equal(flat, torch.stack([k % W_l, k // W_l], dim=1).float())
+        assert torch.equal(locs[p] / STRIDES[p] - 0.5, flat)
 
 
 def test_x_from_columns_y_from_rows():

@@ -1,25 +1,16 @@
-"""Tests of fcos_lib.train and fcos_lib.evaluate (chapter 09): resumable training, checkpoints, metrics."""
+"""Tests of chapter 09 (fcos_lib.config, checkpoint, train, report, evaluate): resumable training, checkpoints, metrics."""
 import json
 
 import pytest
 import torch
 
-from fcos_lib.data import VOCDataset, make_course_dataset
+from fcos_lib.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fcos_lib.config import TrainConfig, baseline_recipe, improved_recipe, resolve_device
+from fcos_lib.course_data import make_course_dataset
+from fcos_lib.data import VOCDataset
 from fcos_lib.evaluate import evaluate, format_ap_table
-from fcos_lib.train import (
-    CheckpointError,
-    IterationBatchSampler,
-    TrainConfig,
-    baseline_recipe,
-    improved_recipe,
-    load_checkpoint,
-    lr_multiplier,
-    model_from_checkpoint,
-    random_horizontal_flip,
-    resolve_device,
-    train,
-    write_run_report,
-)
+from fcos_lib.report import write_run_report
+from fcos_lib.train import IterationBatchSampler, lr_multiplier, random_horizontal_flip, train
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +124,17 @@ def test_run_report_and_evaluate_agree(tiny_data, tmp_path):
     assert {"map50", "map", "per_class_ap50", "per_class_ap", "iters", "train_images_per_s"} <= set(saved)
     assert saved["iters"] == 4 and saved["map50"] == metrics["map50"]
     assert (tmp_path / "loss_curve.png").stat().st_size > 0 and (tmp_path / "detections.png").stat().st_size > 0
-    model, checkpoint = model_from_checkpoint(tmp_path / "last.pt")
-    val = VOCDataset(tiny_data, "val", class_names=checkpoint["class_names"], image_size=64)
-    again = evaluate(model, val)
-    assert again["map50"] == metrics["map50"] and again["map"] == metrics["map"]
-    assert "mean" in format_ap_table(again)
+    for key in ("map50", "map", "voc07_map50", "voc_map50"):
+        assert saved[key] == metrics[key] and 0.0 <= saved[key] <= 1.0, key
+    assert saved["per_class_ap50"] == metrics["per_class_ap50"]
+    table = format_ap_table(metrics)
+    assert table.splitlines()[-1].startswith("mean") and f"{metrics['map50']:.3f}" in table
 
 
 def test_evaluate_perfect_and_empty_predictions(tiny_data, monkeypatch):
     # A "model" that returns the ground truth scores AP 1; one that returns nothing scores 0.
     from fcos_lib import evaluate as evaluate_module
-    from fcos_lib.data import boxes_to_original
+    from fcos_lib.transforms import boxes_to_original
 
     val = VOCDataset(tiny_data, "val", image_size=64)
 
@@ -157,4 +148,143 @@ def test_evaluate_perfect_and_empty_predictions(tiny_data, monkeypatch):
     for fake, expected in ((oracle, 1.0), (blind, 0.0)):
         monkeypatch.setattr(evaluate_module, "detect", fake)
         result = evaluate(torch.nn.Identity(), val)
-        assert result["map50"] == pytest.approx(expected, abs=1e-6)
+        for key in ("map50", "map", "voc07_map50", "voc_map50"):
+            assert result[key] == pytest.approx(expected, abs=1e-6), key
+
+
+# ---------------------------------------------------------------- resume refuses another run
+
+@pytest.mark.parametrize("change", [
+    {"iters": 30}, {"batch_size": 3}, {"lr": 0.05}, {"schedule": "step"}, {"image_size": 96}, {"seed": 1},
+])
+def test_resume_with_a_changed_recipe_is_refused_in_one_line(tiny_data, tmp_path, change):
+    train(tiny_cfg(tiny_data, tmp_path, iters=2), progress=False)
+    before = load_checkpoint(tmp_path / "last.pt")
+    (name, value), = change.items()
+    with pytest.raises(CheckpointError) as err:
+        train(tiny_cfg(tiny_data, tmp_path, iters=2).replace(**change), resume=True, progress=False)
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and f"{name} {before['config'][name]!r} -> {value!r}" in message
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2  # the refused resume wrote nothing
+
+
+def test_resume_may_change_where_and_how_it_runs(tiny_data, tmp_path):
+    # Device, workers, in-memory loading and the checkpoint interval do not change what is learnt.
+    train(tiny_cfg(tiny_data, tmp_path, iters=4), progress=False, stop_after=2)
+    cfg = tiny_cfg(tiny_data, tmp_path, iters=4, num_workers=1, in_memory=True, checkpoint_every=3)
+    assert train(cfg, resume=True, progress=False)["iteration"] == 4
+
+
+def test_resume_on_changed_data_is_refused(tiny_data, tmp_path):
+    import re
+    import shutil
+
+    data = shutil.copytree(tiny_data, tmp_path / "voc")
+    train(tiny_cfg(data, tmp_path / "run", iters=2), progress=False)
+    first = (data / "ImageSets" / "Main" / "train.txt").read_text().split()[0]
+    xml = data / "Annotations" / f"{first}.xml"
+    xml.write_text(xml.read_text() + "\n")  # the same annotation, written differently: accepted
+    assert train(tiny_cfg(data, tmp_path / "run", iters=2), resume=True, progress=False)["iteration"] == 2
+    text = xml.read_text()  # one box moved by a pixel: another dataset
+    xmin = re.search(r"<xmin>(\d+)</xmin>", text)
+    xml.write_text(text[:xmin.start(1)] + str(int(xmin.group(1)) + 1) + text[xmin.end(1):])
+    with pytest.raises(CheckpointError, match="holds other images or boxes"):
+        train(tiny_cfg(data, tmp_path / "run", iters=2), resume=True, progress=False)
+
+
+def test_cpu_checkpoint_resumes_with_mixed_precision_and_back(tiny_data, tmp_path, monkeypatch):
+    # A CPU run saves a disabled (empty) GradScaler state. Resumed where AMP is on (a GPU), the
+    # scaler must start fresh instead of raising. The AMP side is built here as CUDA builds it,
+    # an enabled GradScaler, on the CPU device so that no GPU is needed.
+    from fcos_lib import train as train_module
+
+    cfg = tiny_cfg(tiny_data, tmp_path, iters=4)
+    train(cfg, progress=False, stop_after=2)
+    assert load_checkpoint(tmp_path / "last.pt")["scaler"] == {}
+    enabled = lambda device, amp: torch.amp.GradScaler("cpu", enabled=True)  # noqa: E731
+    monkeypatch.setattr(train_module, "make_grad_scaler", enabled)
+    state = train(cfg, resume=True, progress=False, stop_after=1)
+    assert state["iteration"] == 3 and state["scaler"]["scale"] > 0  # an "AMP" checkpoint now
+    # ... and the AMP checkpoint resumes where AMP is off (the CPU): its scaler state is ignored.
+    monkeypatch.undo()
+    assert train(cfg, resume=True, progress=False)["iteration"] == 4
+
+
+# ---------------------------------------------------------------- checkpoint files
+
+def test_checkpoint_writes_are_fsynced_and_never_share_a_temporary_file(tmp_path, monkeypatch):
+    import os
+    import threading
+
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    save_checkpoint(tmp_path / "last.pt", {"iteration": 0})
+    assert len(synced) >= 1  # the file's bytes (and, on POSIX, the folder's rename)
+
+    # Two writers at once: each uses its own temporary file, so every save succeeds and the
+    # final file is one writer's complete checkpoint.
+    errors = []
+
+    def writer(k):
+        try:
+            for i in range(20):
+                save_checkpoint(tmp_path / "last.pt", {"writer": k, "iteration": i, "w": torch.full((1000,), k)})
+        except Exception as err:  # noqa: BLE001 - collect, then fail the test below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    final = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert final["iteration"] == 19 and torch.equal(final["w"], torch.full((1000,), final["writer"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+class _Payload:
+    def __reduce__(self):  # unpickling calls print: a stand-in for running any code
+        return (print, ("code ran while loading a checkpoint",))
+
+
+def test_checkpoints_load_with_weights_only(tmp_path, capsys):
+    torch.save({"model": {}, "config": {}, "class_names": [], "iteration": 0, "extra": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "code ran" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the metric and `difficult`
+
+def test_difficult_objects_are_neither_hits_nor_misses(tmp_path, monkeypatch):
+    # One 100 x 100 image, class "a": a normal box N = (10, 10, 50, 50) and a difficult box
+    # D = (60, 60, 90, 90). Known answers for every metric:
+    #   detect N only                      -> AP 1 (missing D costs nothing)
+    #   detect D (score 0.9), N (score 0.8) -> AP 1 (the detection on D is not a false positive)
+    #   detect nothing on N, only D        -> AP 0 (and not "undefined": N is still a miss)
+    # Counting D as a miss would give AP 0.5 in the first case; counting a detection on D as a
+    # false positive would put precision 1/2 at recall 1 in the second case (AP 0.5 all-point).
+    from PIL import Image
+
+    from fcos_lib import evaluate as evaluate_module
+
+    root = tmp_path / "voc"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    Image.new("RGB", (100, 100), (50, 50, 50)).save(root / "JPEGImages" / "x.jpg")
+    (root / "Annotations" / "x.xml").write_text(
+        "<annotation><size><width>100</width><height>100</height></size>"
+        "<object><name>a</name><difficult>0</difficult><bndbox><xmin>11</xmin><ymin>11</ymin><xmax>50</xmax><ymax>50</ymax></bndbox></object>"
+        "<object><name>a</name><difficult>1</difficult><bndbox><xmin>61</xmin><ymin>61</ymin><xmax>90</xmax><ymax>90</ymax></bndbox></object>"
+        "</annotation>")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("x\n")
+    dataset = VOCDataset(root, "val", image_size=64)
+    N, D = [10.0, 10, 50, 50], [60.0, 60, 90, 90]
+    cases = {"N only": ([N], [0.9], 1.0), "D above N": ([D, N], [0.9, 0.8], 1.0), "D only": ([D], [0.9], 0.0)}
+    for name, (boxes, scores, expected) in cases.items():
+        fake = {"boxes": torch.tensor(boxes), "scores": torch.tensor(scores), "labels": torch.zeros(len(boxes), dtype=torch.long)}
+        monkeypatch.setattr(evaluate_module, "detect", lambda model, images, targets, **kw: [dict(fake)])
+        result = evaluate(torch.nn.Identity(), dataset)
+        for key in ("map50", "voc07_map50", "voc_map50"):
+            assert result[key] == pytest.approx(expected, abs=1e-6), (name, key)
