@@ -55,7 +55,6 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 from torch import nn
-from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7

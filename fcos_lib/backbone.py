@@ -11,10 +11,14 @@ References:
 - Checked against torchvision.ops.FeaturePyramidNetwork (same weights -> same outputs) and
   torchvision.models.regnet_x_400mf through torchvision.models.feature_extraction.
 
+- Fine-tuning from ImageNet weights as torchvision's detection builders do
+  (torchvision.models.detection.fcos_resnet50_fpn): FrozenBatchNorm2d in the trunk, and the
+  first stages frozen (trainable_backbone_layers=3 of 5).
+
 Dimension letters: B images, H/W input height/width, F FPN channels.
 """
 
-__all__ = ['RETURN_NODES', 'FPN_STRIDES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PRETRAINED_WEIGHTS', 'make_regnet_x_400mf', 'stage_out_channels', 'FPN', 'BackboneWithFPN']
+__all__ = ['RETURN_NODES', 'STAGES', 'FPN_STRIDES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PRETRAINED_WEIGHTS', 'make_regnet_x_400mf', 'stage_out_channels', 'FPN', 'check_images', 'BackboneWithFPN']
 
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,11 +28,14 @@ import torchvision
 from torch import nn
 from torchvision.models import RegNet_X_400MF_Weights
 from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.ops import FrozenBatchNorm2d
 
-from fcos_lib.data import is_offline
+from fcos_lib.env import is_offline
 
 # Which stage of torchvision's RegNet gives which backbone level (stride 8, 16, 32).
 RETURN_NODES = {"trunk_output.block2": "c3", "trunk_output.block3": "c4", "trunk_output.block4": "c5"}
+# The trunk's five stages, bottom (stride 2) to top (stride 32). trainable_layers counts from the top.
+STAGES = ("stem", "trunk_output.block1", "trunk_output.block2", "trunk_output.block3", "trunk_output.block4")
 FPN_STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 # ImageNet statistics the pretrained weights were trained with (RGB order, [0, 1] scale).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,13 +43,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PRETRAINED_WEIGHTS = RegNet_X_400MF_Weights.IMAGENET1K_V2
 
 
-def make_regnet_x_400mf(pretrained: bool = False) -> nn.Module:
+def make_regnet_x_400mf(pretrained: bool = False, frozen_batchnorm: bool | None = None) -> nn.Module:
     """torchvision's RegNetX-400MF, randomly initialised or with ImageNet weights.
 
-    Offline (FCOS_OFFLINE=1) a pretrained request raises before any network call; an online
-    download failure raises saying where to put the weights file by hand.
+    Args:
+        pretrained: load the ImageNet weights IMAGENET1K_V2. Offline (FCOS_OFFLINE=1) this
+            raises before any network call; an online download failure raises saying where to
+            put the weights file by hand.
+        frozen_batchnorm: build every norm layer as torchvision's FrozenBatchNorm2d (fixed
+            statistics and affine, all buffers) instead of BatchNorm2d; None = same as pretrained.
     """
-    regnet = torchvision.models.regnet_x_400mf(weights=None)
+    if frozen_batchnorm is None:
+        frozen_batchnorm = pretrained
+    norm_layer = FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d
+    regnet = torchvision.models.regnet_x_400mf(weights=None, norm_layer=norm_layer)
     if not pretrained:
         return regnet
     if is_offline():
@@ -62,7 +76,7 @@ def make_regnet_x_400mf(pretrained: bool = False) -> nn.Module:
             f"{err}. Fix: download that file on a machine with internet and copy it to {target}, "
             "or pass pretrained=False."
         ) from err
-    regnet.load_state_dict(state_dict)
+    regnet.load_state_dict(state_dict)  # FrozenBatchNorm2d drops BatchNorm's num_batches_tracked
     return regnet
 
 
@@ -115,6 +129,28 @@ class FPN(nn.Module):
         return {p: results[p] for p in self.out_levels}  # finest first: p3, p4, p5
 
 
+def check_images(images) -> None:
+    """Raise ValueError unless images is one (B, 3, H, W) float tensor with H, W divisible by 32.
+
+    The one check of the input images: BackboneWithFPN and FCOS (chapter 07) both call it.
+    Shape and dtype only, so it never waits for the GPU; values in [0, 1] are not checked.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(
+            f"images must be one (B, 3, H, W) float tensor in [0, 1]; got {shape}. "
+            "Fix: stack the images (collate_detection does), or add a batch axis with images[None]."
+        )
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float in [0, 1]; got dtype {images.dtype}. Fix: images.float() / 255")
+    H, W = images.shape[-2:]
+    if H % 32 or W % 32:
+        raise ValueError(
+            f"images height and width must be divisible by 32 (the stride of p5); got H={H}, W={W}. "
+            f"Fix: resize or pad to ({-(-H // 32) * 32}, {-(-W // 32) * 32})."
+        )
+
+
 class BackboneWithFPN(nn.Module):
     """RegNetX-400MF trunk (c3, c4, c5) followed by a standard FPN (p3, p4, p5).
 
@@ -122,18 +158,48 @@ class BackboneWithFPN(nn.Module):
         out_channels: F, channels of every FPN level.
         pretrained: load ImageNet weights (IMAGENET1K_V2) into the trunk. Offline
             (FCOS_OFFLINE=1) this raises instead of downloading.
+        trainable_layers: how many of the trunk's 5 stages train, counted from the top
+            (block4, block3, block2, block1, stem); the others get requires_grad=False.
+            None = 3 when pretrained (stem and block1 frozen, as torchvision), 5 from scratch.
+            The FPN always trains.
+        frozen_batchnorm: FrozenBatchNorm2d in the trunk instead of BatchNorm2d; None = same
+            as pretrained. Needed by any frozen stage. To rebuild a model fine-tuned from
+            ImageNet for its checkpoint, pass pretrained=False, frozen_batchnorm=True.
 
     forward(images: (B, 3, H, W) float in [0, 1], H and W divisible by 32)
         -> {"p3": (B, F, H/8, W/8), "p4": (B, F, H/16, W/16), "p5": (B, F, H/32, W/32)}
     """
 
-    def __init__(self, out_channels: int = 64, pretrained: bool = False):
+    def __init__(self, out_channels: int = 64, pretrained: bool = False, trainable_layers: int | None = None,
+                 frozen_batchnorm: bool | None = None):
         super().__init__()
-        regnet = make_regnet_x_400mf(pretrained)
+        if frozen_batchnorm is None:
+            frozen_batchnorm = pretrained
+        if trainable_layers is None:
+            trainable_layers = 3 if pretrained else len(STAGES)
+        if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int) \
+                or not 0 <= trainable_layers <= len(STAGES):
+            raise ValueError(
+                f"trainable_layers must be an int in [0, {len(STAGES)}], the trunk stages that train counted "
+                f"from the top (block4 first); got {trainable_layers!r}"
+            )
+        frozen_stages = STAGES[:len(STAGES) - trainable_layers]  # bottom-up: stem first
+        if frozen_stages and not frozen_batchnorm:
+            raise ValueError(
+                f"trainable_layers={trainable_layers} freezes {', '.join(frozen_stages)}, which needs "
+                "frozen_batchnorm=True (BatchNorm2d in a frozen stage would still update its running "
+                "statistics in training mode); got frozen_batchnorm=False. Fix: pass frozen_batchnorm=True, "
+                f"or trainable_layers={len(STAGES)}."
+            )
+        regnet = make_regnet_x_400mf(pretrained, frozen_batchnorm)
+        for stage in frozen_stages:
+            regnet.get_submodule(stage).requires_grad_(False)
+        self.trainable_layers = trainable_layers
+        self.frozen_batchnorm = frozen_batchnorm
         self.backbone_channels = {
             level: stage_out_channels(regnet.get_submodule(node)) for node, level in RETURN_NODES.items()
         }  # {"c3": 64, "c4": 160, "c5": 400}
-        self.body = create_feature_extractor(regnet, RETURN_NODES)
+        self.body = create_feature_extractor(regnet, RETURN_NODES)  # shares regnet's modules
         self.fpn = FPN(self.backbone_channels, out_channels)
         self.out_channels = out_channels
         self.strides = dict(FPN_STRIDES)
@@ -142,17 +208,6 @@ class BackboneWithFPN(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W); got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(
-                f"images must be float in [0, 1]; got dtype {images.dtype}. Fix: images.float() / 255"
-            )
-        H, W = images.shape[-2:]
-        if H % 32 or W % 32:
-            raise ValueError(
-                f"images height and width must be divisible by 32 (the stride of p5); got H={H}, W={W}. "
-                f"Fix: resize or pad to ({-(-H // 32) * 32}, {-(-W // 32) * 32})."
-            )
+        check_images(images)
         x = (images - self.mean) / self.std  # (B, 3, H, W), ImageNet-normalised
         return self.fpn(self.body(x))

@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fcos_lib.config import TrainConfig
 
 COURSE_DEFAULT_ITERS = 300  # no --data: the generated course dataset, sized to finish on a 2-core CPU
 FULL_DEFAULT_ITERS = 9000   # --data given: the full recipe
@@ -76,7 +80,7 @@ _TRAIN_FLAGS = {
 }
 
 
-def config_from_args(args) -> "TrainConfig":
+def config_from_args(args) -> TrainConfig:
     """The TrainConfig that `python -m fcos_lib train` flags describe.
 
     A new run starts from the recipe (--recipe) and the course defaults; with --resume, from the

@@ -23,12 +23,6 @@ from torchvision.transforms import v2
 from fcos_lib.transforms import pad_square, resize_longest
 from fcos_lib.voc import (DatasetError, annotation_path, check_voc_root, image_file, parse_voc_annotation,
                           read_class_names, read_split)
-# Re-exported for code written against fcos_lib 0.1, where everything lived in fcos_lib.data.
-from fcos_lib.course_data import COURSE_CLASSES, make_course_dataset  # noqa: F401
-from fcos_lib.drawing import draw_boxes  # noqa: F401
-from fcos_lib.env import default_data_dir, is_offline  # noqa: F401
-from fcos_lib.transforms import boxes_to_original, letterbox  # noqa: F401
-from fcos_lib.voc import VOC_CLASSES, download_voc  # noqa: F401
 
 
 def load_image(path) -> Image.Image:

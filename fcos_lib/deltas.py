@@ -6,9 +6,11 @@ Chapter 05 of the course (notebooks/05_deltas.py).
 References:
 - FCOS: Tian et al. 2019, "FCOS: Fully Convolutional One-Stage Object Detection", §3.1: the
   regression targets l* = x - x1, t* = y - y1, r* = x2 - x, b* = y2 - y.
-- Departure from the paper (same as torchvision.models.detection.fcos, which encodes with
-  det_utils.BoxLinearCoder(normalize_by_size=True) on anchors of side = stride): the
-  distances are divided by the level's stride instead of being predicted as exp(s_l * x).
+- Departure from the paper: the deltas are the distances divided by the level's stride, as
+  torchvision.models.detection.fcos encodes them (det_utils.BoxLinearCoder with
+  normalize_by_size=True, on anchors of side = stride). The head predicts them as exp(x)
+  (chapter 02, positive_deltas); the paper's exp(s_l * x) regresses pixels with a learnable
+  scale s_l per level, which we do not use.
 
 Box contract: (x1, y1, x2, y2) float, absolute 0-based input pixels, x1 < x2, y1 < y2;
 background (unmatched) rows are all -1.

@@ -252,11 +252,10 @@ def voc_mean_ap(
           num_positives: C ints, the non-difficult gts of each class.
     """
     det, gt = _flatten(predictions, ground_truths, num_classes)
+    det_by_class, gt_by_class = _split_by_class(det, num_classes), _split_by_class(gt, num_classes)
     per_class, pr_curves, num_positives = [], [], []
-    for c in range(num_classes):
-        d, g = det["labels"] == c, gt["labels"] == c  # (D,), (G,)
-        match = voc_match(det["boxes"][d], det["scores"][d], det["image"][d],
-                          gt["boxes"][g], gt["image"][g], gt["difficult"][g], iou_thresh)
+    for d, g in zip(det_by_class, gt_by_class):
+        match = voc_match(d["boxes"], d["scores"], d["image"], g["boxes"], g["image"], g["difficult"], iou_thresh)
         num_positives.append(match.npos)
         if match.npos == 0:  # recall is undefined: the class takes no part in the mean
             per_class.append(None)
@@ -274,8 +273,25 @@ def voc_mean_ap(
     }
 
 
+def _split_by_class(rows: dict, num_classes: int) -> list[dict]:
+    """C dicts, one per class, of the rows with that label (one sort instead of C masks)."""
+    # Stable: within a class, rows stay in image-then-input order, which decides score ties.
+    order = torch.argsort(rows["labels"], stable=True)
+    counts = torch.bincount(rows["labels"], minlength=num_classes).tolist()
+    parts = {k: v[order].split(counts) for k, v in rows.items() if k != "labels"}
+    return [{k: parts[k][c] for k in parts} for c in range(num_classes)]
+
+
+_DET_KEYS, _GT_KEYS = ("boxes", "scores", "labels"), ("boxes", "labels", "difficult")
+
+
 def _flatten(predictions: list[dict], ground_truths: list[dict], num_classes: int) -> tuple[dict, dict]:
-    """Check the per-image dicts and concatenate them, adding each row's image index."""
+    """Check the per-image dicts and concatenate them, adding each row's image index.
+
+    Returns:
+        det: boxes (D, 4) float64, scores (D,) float64, labels (D,) int64, image (D,) int64;
+        gt: boxes (G, 4) float64, labels (G,) int64, difficult (G,) bool, image (G,) int64.
+    """
     if not isinstance(num_classes, int) or num_classes <= 0:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(predictions, (list, tuple)) or not isinstance(ground_truths, (list, tuple)):
@@ -288,15 +304,16 @@ def _flatten(predictions: list[dict], ground_truths: list[dict], num_classes: in
             f"predictions has {len(predictions)} images but ground_truths has {len(ground_truths)}; "
             "pass one dict per image to each, in the same order"
         )
-    det = _concat([_check_image("predictions", i, p, ("boxes", "scores", "labels"), num_classes)
-                   for i, p in enumerate(predictions)], ("boxes", "scores", "labels"))
-    gt = _concat([_check_image("ground_truths", i, t, ("boxes", "labels", "difficult"), num_classes)
-                  for i, t in enumerate(ground_truths)], ("boxes", "labels", "difficult"))
-    return det, gt
+    det_items = [_image_tensors("predictions", i, p, _DET_KEYS) for i, p in enumerate(predictions)]
+    gt_items = [_image_tensors("ground_truths", i, t, _GT_KEYS) for i, t in enumerate(ground_truths)]
+    return _concat("predictions", det_items, _DET_KEYS, num_classes), _concat("ground_truths", gt_items, _GT_KEYS, num_classes)
 
 
-def _check_image(arg: str, i: int, item: dict, keys: tuple, num_classes: int) -> dict:
-    """One image's dict, validated and moved to the CPU as float64 boxes / int64 labels."""
+def _image_tensors(arg: str, i: int, item: dict, keys: tuple) -> dict:
+    """One image's tensors on the CPU, with their keys, shapes and label dtype checked.
+
+    Only cheap checks here: values (finite, label range) are checked once on the concatenation.
+    """
     where = f"{arg}[{i}]"
     if not isinstance(item, dict):
         raise ValueError(f"{where} must be a dict with keys {list(keys)}, got {type(item).__name__}")
@@ -306,51 +323,54 @@ def _check_image(arg: str, i: int, item: dict, keys: tuple, num_classes: int) ->
         raise ValueError(f"{where} is missing {missing}; it has {sorted(item)} and needs {required}")
     boxes = torch.as_tensor(item["boxes"]).detach().cpu()
     if boxes.ndim != 2 or boxes.shape[1] != 4:
-        # An image with no boxes may come as shape (0,); accept it as (0, 4).
         if boxes.numel() != 0:
             raise ValueError(f"{where}['boxes'] must have shape (K, 4) xyxy, got {tuple(boxes.shape)}")
-        boxes = boxes.reshape(0, 4)
-    if not torch.isfinite(boxes).all():
-        raise ValueError(f"{where}['boxes'] contains NaN or inf")
-    out = {"boxes": boxes.double()}
+        boxes = boxes.reshape(0, 4)  # an image without boxes may come as shape (0,)
+    out = {"boxes": boxes}
     for k in keys[1:]:
-        value = torch.as_tensor(item[k] if k in item else torch.zeros(len(boxes), dtype=torch.bool)).detach().cpu()
+        value = item.get(k)
+        if value is None:  # only `difficult` may be absent: no box is difficult
+            value = torch.zeros(len(boxes), dtype=torch.bool)
+        value = torch.as_tensor(value).detach().cpu()
         if value.shape != (len(boxes),):
-            raise ValueError(
-                f"{where}['{k}'] must have shape ({len(boxes)},), one per box, got {tuple(value.shape)}"
-            )
+            raise ValueError(f"{where}['{k}'] must have shape ({len(boxes)},), one per box, got {tuple(value.shape)}")
         out[k] = value
-    labels = out["labels"]
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"{where}['labels'] must be an integer tensor, got dtype {labels.dtype}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{where}['labels'] must lie in [0, {num_classes}), got values from {int(labels.min())} "
-            f"to {int(labels.max())}"
-        )
-    out["labels"] = labels.long()
+    if out["labels"].is_floating_point() or out["labels"].dtype == torch.bool:
+        raise ValueError(f"{where}['labels'] must be an integer tensor of class indices, got {out['labels'].dtype}")
+    return out
+
+
+_EMPTY = {  # what each key holds when there are no images at all
+    "boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+    "labels": torch.zeros(0, dtype=torch.int64), "difficult": torch.zeros(0, dtype=torch.bool),
+}
+
+
+def _concat(arg: str, items: list[dict], keys: tuple, num_classes: int) -> dict:
+    """Concatenate per-image tensors, check their values, and add `image` (rows,) int64."""
+    counts = torch.tensor([len(item["boxes"]) for item in items], dtype=torch.int64)
+    out = {"image": torch.repeat_interleave(torch.arange(len(items)), counts)}
+    for k in keys:
+        out[k] = torch.cat([item[k] for item in items]) if items else _EMPTY[k]
+    out["boxes"] = out["boxes"].double()  # float64: IoUs of exactly 0.5 compare as in the devkit
+    out["labels"] = out["labels"].long()
+    _check_rows(arg, "boxes", ~torch.isfinite(out["boxes"]).all(dim=1), out["image"], "contains NaN or inf")
+    bad_label = (out["labels"] < 0) | (out["labels"] >= num_classes)
+    _check_rows(arg, "labels", bad_label, out["image"], f"must lie in [0, {num_classes})", out["labels"])
     if "scores" in out:
-        if not torch.isfinite(out["scores"]).all():
-            raise ValueError(f"{where}['scores'] contains NaN or inf")
         out["scores"] = out["scores"].double()
+        _check_rows(arg, "scores", ~torch.isfinite(out["scores"]), out["image"], "contains NaN or inf")
     if "difficult" in out:
         out["difficult"] = out["difficult"].bool()
     return out
 
 
-_EMPTY = {  # what each key holds when there are no images at all
-    "boxes": torch.zeros(0, 4, dtype=torch.float64), "scores": torch.zeros(0, dtype=torch.float64),
-    "labels": torch.zeros(0, dtype=torch.int64), "difficult": torch.zeros(0, dtype=torch.bool),
-}
-
-
-def _concat(items: list[dict], keys: tuple) -> dict:
-    """Concatenate per-image dicts; `image` (total,) int64 records which image each row came from."""
-    counts = torch.tensor([len(item["boxes"]) for item in items], dtype=torch.int64)
-    out = {"image": torch.repeat_interleave(torch.arange(len(items)), counts)}
-    for k in keys:
-        out[k] = torch.cat([item[k] for item in items]) if items else _EMPTY[k]
-    return out
+def _check_rows(arg: str, key: str, bad: Tensor, image: Tensor, rule: str, values: Tensor | None = None) -> None:
+    """Raise for the first bad row, naming its image, e.g. predictions[3]['labels'] must lie in ..."""
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        got = f", got {values[row].item()}" if values is not None else ""
+        raise ValueError(f"{arg}[{int(image[row])}]['{key}'] {rule}{got}")
 
 
 def _map_metric(**kwargs) -> MeanAveragePrecision:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torchvision
 
 from fcos_lib.deltas import fcos_apply_deltas_to_locations
+from fcos_lib.matching import check_class_labels
 
 BOX_LOSSES = ("giou", "l1")
 
@@ -65,14 +66,10 @@ def one_hot_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         num_classes: C, from the model (never hard-coded).
     Returns:
         (B, L, C) float: 1.0 at [b, l, labels[b, l]], zeros elsewhere (all zeros where labels == -1).
+    Raises ValueError naming the first label out of range (the label rule of chapter 04).
     """
+    check_class_labels(labels, num_classes, name="labels")
     labels = labels.long()
-    if labels.numel() and (labels.min() < -1 or labels.max() >= num_classes):
-        bad = labels[(labels < -1) | (labels >= num_classes)][0].item()
-        raise ValueError(
-            f"labels must be in [0, {num_classes}) (num_classes={num_classes}) or -1 for background; "
-            f"got label {bad}. Fix: build the model with num_classes = the dataset's number of classes."
-        )
     # Shift by one so that background (-1) becomes class 0 of C + 1, then drop that column.
     return F.one_hot(labels + 1, num_classes + 1)[..., 1:].to(torch.float32)  # (B, L, C)
 

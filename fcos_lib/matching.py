@@ -19,7 +19,7 @@ Dimension letters: B images, N boxes per image (padded), L locations of all leve
 (p3, p4, p5 concatenated), L_l locations of one level.
 """
 
-__all__ = ['scale_ranges_per_fpn_level', 'fcos_match_indices', 'fcos_match_locations_to_gt']
+__all__ = ['scale_ranges_per_fpn_level', 'check_class_labels', 'check_gt_boxes', 'fcos_match_indices', 'fcos_match_locations_to_gt']
 
 import math
 
@@ -42,24 +42,93 @@ def scale_ranges_per_fpn_level(strides_per_fpn_level: dict) -> dict:
     return ranges
 
 
-def _check_gt_boxes(gt_boxes: torch.Tensor) -> torch.Tensor:
-    """(B, N, 5) or (N, 5) -> (B, N, 5); ValueError on a wrong shape or a degenerate box."""
-    if gt_boxes.dim() == 2:
+def _bad_labels(labels: torch.Tensor, num_classes: int | None) -> torch.Tensor:
+    """(...) bool: True where a label is neither -1 nor an integer in [0, num_classes)."""
+    real = labels != -1
+    bad = real & (labels < 0)
+    if num_classes is not None:
+        bad |= real & (labels >= num_classes)
+    if labels.is_floating_point():
+        bad |= real & (labels != labels.round())  # 1.5, and NaN (NaN != NaN)
+    return bad
+
+
+def _raise_bad_label(labels: torch.Tensor, bad: torch.Tensor, num_classes: int | None, name: str):
+    index = bad.nonzero()[0].tolist()
+    label = labels[tuple(index)].item()
+    if num_classes is None:
+        allowed, fix = "an integer >= 0", "give each object its class index 0..C-1, and -1 only to padding rows"
+    else:
+        allowed = f"an integer in [0, num_classes={num_classes})"
+        fix = ("build the model with num_classes = len(class_names), the dataset's number of classes"
+               if label >= num_classes else "give each object its class index 0..C-1, and -1 only to padding rows")
+    raise ValueError(f"{name}[{', '.join(map(str, index))}] has class label {label:g}, not {allowed} or -1 "
+                     f"(no object). Fix: {fix}.")
+
+
+def check_class_labels(labels: torch.Tensor, num_classes: int | None = None, name: str = "labels") -> None:
+    """Raise ValueError unless every label is -1 (no object) or an integer in [0, num_classes).
+
+    Args:
+        labels: (...) class indices, int or float (float: the last column of gt_boxes).
+        num_classes: C; None accepts any integer >= 0.
+        name: the argument the error names.
+    The label rule of check_gt_boxes, on its own; the losses (chapter 07) use it.
+    """
+    bad = _bad_labels(labels, num_classes)
+    if bool(bad.any()):  # one host sync
+        _raise_bad_label(labels, bad, num_classes, name)
+
+
+def check_gt_boxes(gt_boxes: torch.Tensor, num_classes: int | None = None, batch_size: int | None = None) -> None:
+    """Raise ValueError unless gt_boxes is a valid ground-truth batch; the one check of it.
+
+    Args:
+        gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padded with rows of -1 (class -1).
+        num_classes: C: classes must be in [0, C). None accepts any integer class >= 0.
+        batch_size: the B that gt_boxes must have (the number of images); None accepts any.
+
+    Rules: the shape; every value finite (padding rows too); on real rows (c != -1) an
+    integer class and x2 > x1, y2 > y1. The first broken rule is named with its row. Used by
+    the matching (here), and by FCOS (chapter 07) with its num_classes and batch size. One
+    host sync when everything is fine.
+    """
+    if not isinstance(gt_boxes, torch.Tensor) or gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 5 \
+            or (batch_size is not None and gt_boxes.shape[0] != batch_size):
+        shape = tuple(gt_boxes.shape) if isinstance(gt_boxes, torch.Tensor) else type(gt_boxes).__name__
+        B = "B" if batch_size is None else batch_size
+        raise ValueError(
+            f"gt_boxes must be ({B}, N, 5) rows (x1, y1, x2, y2, c) padded with -1, one row block per image; "
+            f"got {shape}. Fix: collate_detection builds it; one image's (N, 5) needs gt_boxes[None]."
+        )
+    labels = gt_boxes[..., 4]  # (B, N), -1 on padding rows
+    non_finite = ~torch.isfinite(gt_boxes).all(dim=-1)  # (B, N)
+    bad_label = _bad_labels(labels, num_classes)  # (B, N)
+    # "not (x2 > x1 and y2 > y1)" rather than "x2 <= x1 or ...": also true for NaN.
+    has_area = (gt_boxes[..., 2] > gt_boxes[..., 0]) & (gt_boxes[..., 3] > gt_boxes[..., 1])  # (B, N)
+    degenerate = (labels != -1) & ~has_area  # (B, N)
+    if not bool((non_finite | bad_label | degenerate).any()):  # one host sync: worth it to never train on a silent bug
+        return
+    if bool(non_finite.any()):
+        b, n = non_finite.nonzero()[0].tolist()
+        raise ValueError(
+            f"gt_boxes[{b}, {n}] = {gt_boxes[b, n].tolist()} is not finite (NaN or inf). Fix: find where the "
+            "data pipeline makes it (a division by a zero size, a failed augmentation) and drop or repair the box."
+        )
+    if bool(bad_label.any()):
+        _raise_bad_label(labels, bad_label, num_classes, "gt_boxes")
+    b, n = degenerate.nonzero()[0].tolist()
+    raise ValueError(
+        f"gt_boxes[{b}, {n}] = {gt_boxes[b, n].tolist()} is degenerate: a box needs x2 > x1 and y2 > y1. "
+        "Fix: drop boxes with zero width or height before batching, or mark the row as padding (all -1)."
+    )
+
+
+def _checked_batch(gt_boxes: torch.Tensor) -> torch.Tensor:
+    """One image's (N, 5) -> (1, N, 5); then check_gt_boxes."""
+    if isinstance(gt_boxes, torch.Tensor) and gt_boxes.dim() == 2 and gt_boxes.shape[-1] == 5:
         gt_boxes = gt_boxes[None]  # (1, N, 5)
-    if gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 5:
-        raise ValueError(
-            f"gt_boxes must be (B, N, 5) or (N, 5) rows (x1, y1, x2, y2, c) padded with -1; "
-            f"got shape {tuple(gt_boxes.shape)}"
-        )
-    is_gt = gt_boxes[..., 4] >= 0  # (B, N): padding rows have class -1
-    degenerate = is_gt & ((gt_boxes[..., 2] <= gt_boxes[..., 0]) | (gt_boxes[..., 3] <= gt_boxes[..., 1]))
-    if degenerate.any():  # one host sync per call; worth it to never train on a silent bug
-        b, n = degenerate.nonzero()[0].tolist()
-        raise ValueError(
-            f"gt_boxes[{b}, {n}] = {gt_boxes[b, n].tolist()} is degenerate (needs x1 < x2 and y1 < y2). "
-            f"Fix: drop boxes with zero width or height before batching, or mark the row as padding "
-            f"(all -1)."
-        )
+    check_gt_boxes(gt_boxes)
     return gt_boxes
 
 
@@ -71,14 +140,14 @@ def fcos_match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dic
         locations_per_fpn_level: level -> (L_l, 2) (x, y) from get_fpn_location_coords.
         strides_per_fpn_level: level -> stride, same keys in the same order.
         gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padding rows of -1 (or (N, 5)).
-            A real row with x2 <= x1 or y2 <= y1 raises a ValueError naming it.
+            Checked by check_gt_boxes: a bad row raises a ValueError naming it.
         center_sampling_radius: if given, a location must also be within
             radius * stride of the box centre in x and in y (torchvision uses 1.5).
 
     Returns:
         (B, L) int64 (or (L,) for (N, 5) input), levels concatenated in the dict's order.
     """
-    matched_idx = _match_indices(locations_per_fpn_level, strides_per_fpn_level, _check_gt_boxes(gt_boxes),
+    matched_idx = _match_indices(locations_per_fpn_level, strides_per_fpn_level, _checked_batch(gt_boxes),
                                  center_sampling_radius)  # (B, L)
     return matched_idx[0] if gt_boxes.dim() == 2 else matched_idx
 
@@ -134,8 +203,8 @@ def fcos_match_locations_to_gt(locations_per_fpn_level: dict, strides_per_fpn_le
         level -> (B, L_l, 5) matched rows (x1, y1, x2, y2, c); background rows are all -1.
         ((L_l, 5) per level when gt_boxes is (N, 5).)
     """
-    squeeze = gt_boxes.dim() == 2
-    gt_boxes = _check_gt_boxes(gt_boxes)  # (B, N, 5)
+    batched = _checked_batch(gt_boxes)  # (B, N, 5)
+    squeeze, gt_boxes = gt_boxes.dim() == 2, batched
     matched_idx = _match_indices(locations_per_fpn_level, strides_per_fpn_level, gt_boxes,
                                  center_sampling_radius)  # (B, L)
     B, N, _ = gt_boxes.shape

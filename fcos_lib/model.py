@@ -24,10 +24,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fcos_lib.backbone import BackboneWithFPN
+from fcos_lib.backbone import BackboneWithFPN, check_images
 from fcos_lib.head import FCOSHead
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.losses import BOX_LOSSES, fcos_loss
+from fcos_lib.matching import check_gt_boxes
 from fcos_lib.targets import fcos_build_targets, strides_per_location
 
 
@@ -66,6 +67,11 @@ class FCOS(nn.Module):
         fpn_channels: F, channels of every FPN level and of the head.
         num_convs: 3x3 convs in each head stem (4 in the paper).
         pretrained_backbone: ImageNet weights for the trunk (refused offline, see chapter 01).
+        trainable_backbone_layers: trunk stages that train, counted from the top, 0-5; None = 3
+            with pretrained_backbone (stem and block1 frozen, as torchvision), 5 without.
+        frozen_batchnorm: FrozenBatchNorm2d in the trunk; None = same as pretrained_backbone.
+            Rebuild a model fine-tuned from ImageNet with pretrained_backbone=False,
+            frozen_batchnorm=True (and its trainable_backbone_layers) to load its checkpoint.
         use_groupnorm: GroupNorm in the head stems (the paper's head).
         center_sampling_radius: positives only within radius * stride of a box centre (later
             FCOS, torchvision: 1.5); None = every location inside the box (the paper's §3.1).
@@ -77,7 +83,8 @@ class FCOS(nn.Module):
     """
 
     def __init__(self, num_classes: int, fpn_channels: int = 64, num_convs: int = 4,
-                 pretrained_backbone: bool = False, use_groupnorm: bool = True,
+                 pretrained_backbone: bool = False, trainable_backbone_layers: int | None = None,
+                 frozen_batchnorm: bool | None = None, use_groupnorm: bool = True,
                  center_sampling_radius: float | None = 1.5, box_loss: str = "giou"):
         super().__init__()
         if box_loss not in BOX_LOSSES:
@@ -87,60 +94,22 @@ class FCOS(nn.Module):
         self.num_classes = num_classes
         self.center_sampling_radius = center_sampling_radius
         self.box_loss = box_loss
-        self.backbone = BackboneWithFPN(out_channels=fpn_channels, pretrained=pretrained_backbone)
+        self.backbone = BackboneWithFPN(out_channels=fpn_channels, pretrained=pretrained_backbone,
+                                        trainable_layers=trainable_backbone_layers,
+                                        frozen_batchnorm=frozen_batchnorm)
         self.head = FCOSHead(num_classes, in_channels=fpn_channels, num_convs=num_convs,
                              use_groupnorm=use_groupnorm)
         self.strides = dict(self.backbone.strides)  # {"p3": 8, "p4": 16, "p5": 32}
 
-    def _check_images(self, images) -> None:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(
-                f"images must be one (B, 3, H, W) float tensor in [0, 1]; got {shape}. "
-                "Fix: stack the images (collate_detection does), or add a batch axis with images[None]."
-            )
-        H, W = images.shape[-2:]
-        if H % 32 or W % 32:
-            raise ValueError(
-                f"images height and width must be divisible by 32 (the stride of p5); got H={H}, W={W}. "
-                f"Fix: resize or pad to ({-(-H // 32) * 32}, {-(-W // 32) * 32})."
-            )
-
-    def _check_gt_boxes(self, gt_boxes, batch_size: int) -> None:
-        if gt_boxes is None:
-            raise ValueError(
-                "FCOS in training mode needs gt_boxes (B, N, 5) to compute its losses; got None. "
-                "Fix: call model(images, gt_boxes), or model.eval() to get predictions."
-            )
-        if not isinstance(gt_boxes, torch.Tensor) or gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 5 \
-                or gt_boxes.shape[0] != batch_size:
-            shape = tuple(gt_boxes.shape) if isinstance(gt_boxes, torch.Tensor) else type(gt_boxes).__name__
-            raise ValueError(
-                f"gt_boxes must be ({batch_size}, N, 5) rows (x1, y1, x2, y2, c) padded with -1, one row "
-                f"block per image; got {shape}. Fix: collate_detection builds it; one image's (N, 5) needs gt_boxes[None]."
-            )
-        labels = gt_boxes[..., 4]  # (B, N)
-        real = labels != -1  # (B, N), padding rows have label -1
-        bad = real & ((labels < 0) | (labels >= self.num_classes) | (labels != labels.round()))
-        if bool(bad.any()):
-            label = labels[bad][0].item()
-            raise ValueError(
-                f"gt_boxes has class label {label:g}, but the model has num_classes={self.num_classes}: labels "
-                f"must be integers in [0, {self.num_classes}) (-1 for padding rows). Fix: build "
-                "FCOS(num_classes=len(class_names)) with the dataset's classes."
-            )
-        boxes = gt_boxes[..., :4][real]  # (K, 4)
-        degenerate = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])  # (K,)
-        if bool(degenerate.any()):
-            raise ValueError(
-                f"gt_boxes must have x2 > x1 and y2 > y1; got the box {boxes[degenerate][0].tolist()}. "
-                "Fix: drop empty boxes in the data pipeline."
-            )
-
     def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None):
-        self._check_images(images)
+        check_images(images)  # chapter 01; the backbone calls it too (shape and dtype only: free)
         if self.training:
-            self._check_gt_boxes(gt_boxes, images.shape[0])
+            if gt_boxes is None:
+                raise ValueError(
+                    "FCOS in training mode needs gt_boxes (B, N, 5) to compute its losses; got None. "
+                    "Fix: call model(images, gt_boxes), or model.eval() to get predictions."
+                )
+            check_gt_boxes(gt_boxes, self.num_classes, batch_size=images.shape[0])  # chapter 04
         feats = self.backbone(images)  # {"p3": (B, F, H/8, W/8), "p4": ..., "p5": ...}
         cls_per_level, box_per_level, ctr_per_level = self.head(feats)  # level -> (B, L_l, C / 4 / 1)
         # Locations in float32 also under autocast: they are pixel coordinates, not activations.

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from fcos_lib.centerness import fcos_make_centerness_targets
-from fcos_lib.deltas import fcos_apply_deltas_to_locations, fcos_get_deltas_from_locations
+from fcos_lib.deltas import fcos_get_deltas_from_locations
 from fcos_lib.matching import fcos_match_locations_to_gt
 
 

@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as F
 from tqdm.auto import tqdm
 
 from fcos_lib.checkpoint import CheckpointError, build_model, load_checkpoint, restore_grad_scaler, save_checkpoint
-from fcos_lib.config import TrainConfig, baseline_recipe, improved_recipe, config_differences, resolve_device  # noqa: F401
+from fcos_lib.config import TrainConfig, config_differences, resolve_device
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.model import check_finite_losses

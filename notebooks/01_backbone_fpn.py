@@ -93,6 +93,10 @@ print("max-pool layers:", sum(isinstance(m, nn.MaxPool2d) for m in regnet.module
 #   network call;
 # - online but the download fails: we say which file to put where
 #   (`torch.hub.get_dir()/checkpoints/`), so it can be copied in by hand.
+#
+# `frozen_batchnorm=True` builds every BatchNorm of the trunk as torchvision's
+# `FrozenBatchNorm2d`; by default it follows `pretrained`. Why fine-tuning freezes BatchNorm is
+# explained after `BackboneWithFPN` below.
 
 # %%
 #| export
@@ -108,6 +112,10 @@ References:
 - Checked against torchvision.ops.FeaturePyramidNetwork (same weights -> same outputs) and
   torchvision.models.regnet_x_400mf through torchvision.models.feature_extraction.
 
+- Fine-tuning from ImageNet weights as torchvision's detection builders do
+  (torchvision.models.detection.fcos_resnet50_fpn): FrozenBatchNorm2d in the trunk, and the
+  first stages frozen (trainable_backbone_layers=3 of 5).
+
 Dimension letters: B images, H/W input height/width, F FPN channels.
 """
 from pathlib import Path
@@ -118,11 +126,14 @@ import torchvision
 from torch import nn
 from torchvision.models import RegNet_X_400MF_Weights
 from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.ops import FrozenBatchNorm2d
 
-from fcos_lib.data import is_offline
+from fcos_lib.env import is_offline
 
 # Which stage of torchvision's RegNet gives which backbone level (stride 8, 16, 32).
 RETURN_NODES = {"trunk_output.block2": "c3", "trunk_output.block3": "c4", "trunk_output.block4": "c5"}
+# The trunk's five stages, bottom (stride 2) to top (stride 32). trainable_layers counts from the top.
+STAGES = ("stem", "trunk_output.block1", "trunk_output.block2", "trunk_output.block3", "trunk_output.block4")
 FPN_STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 # ImageNet statistics the pretrained weights were trained with (RGB order, [0, 1] scale).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -130,13 +141,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PRETRAINED_WEIGHTS = RegNet_X_400MF_Weights.IMAGENET1K_V2
 
 
-def make_regnet_x_400mf(pretrained: bool = False) -> nn.Module:
+def make_regnet_x_400mf(pretrained: bool = False, frozen_batchnorm: bool | None = None) -> nn.Module:
     """torchvision's RegNetX-400MF, randomly initialised or with ImageNet weights.
 
-    Offline (FCOS_OFFLINE=1) a pretrained request raises before any network call; an online
-    download failure raises saying where to put the weights file by hand.
+    Args:
+        pretrained: load the ImageNet weights IMAGENET1K_V2. Offline (FCOS_OFFLINE=1) this
+            raises before any network call; an online download failure raises saying where to
+            put the weights file by hand.
+        frozen_batchnorm: build every norm layer as torchvision's FrozenBatchNorm2d (fixed
+            statistics and affine, all buffers) instead of BatchNorm2d; None = same as pretrained.
     """
-    regnet = torchvision.models.regnet_x_400mf(weights=None)
+    if frozen_batchnorm is None:
+        frozen_batchnorm = pretrained
+    norm_layer = FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d
+    regnet = torchvision.models.regnet_x_400mf(weights=None, norm_layer=norm_layer)
     if not pretrained:
         return regnet
     if is_offline():
@@ -156,15 +174,17 @@ def make_regnet_x_400mf(pretrained: bool = False) -> nn.Module:
             f"{err}. Fix: download that file on a machine with internet and copy it to {target}, "
             "or pass pretrained=False."
         ) from err
-    regnet.load_state_dict(state_dict)
+    regnet.load_state_dict(state_dict)  # FrozenBatchNorm2d drops BatchNorm's num_batches_tracked
     return regnet
 
 # %% [markdown]
-# Check: without weights we get a model; offline, asking for weights gives the error (this
-# notebook runs with `FCOS_OFFLINE=1`).
+# Check: without weights we get a model, with BatchNorm2d or, asked for, FrozenBatchNorm2d;
+# offline, asking for weights gives the error (this notebook runs with `FCOS_OFFLINE=1`).
 
 # %%
 print(type(make_regnet_x_400mf()).__name__)
+print("norm layers:", type(make_regnet_x_400mf().stem[1]).__name__, "|",
+      type(make_regnet_x_400mf(frozen_batchnorm=True).stem[1]).__name__)
 try:
     make_regnet_x_400mf(pretrained=True)
 except RuntimeError as err:
@@ -300,12 +320,17 @@ for (p, a), b in zip(ours.items(), theirs.values()):
 #
 # `BackboneWithFPN` does three things in `forward`:
 #
-# 1. checks the input: float `(B, 3, H, W)` with `H`, `W` divisible by 32, so that every level
-#    is exactly `H/stride x W/stride` and the x2 upsampling lines up (a 100 px side would
-#    give c4 = 7 and c5 = 4, and 4 x 2 != 7);
+# 1. checks the input with `check_images`: float `(B, 3, H, W)` with `H`, `W` divisible by 32,
+#    so that every level is exactly `H/stride x W/stride` and the x2 upsampling lines up (a
+#    100 px side would give c4 = 7 and c5 = 4, and 4 x 2 != 7). The model of chapter 07 calls
+#    the same function, so each rule and its message live in one place;
 # 2. normalises `[0, 1]` images with the ImageNet mean/std, kept as buffers so they follow
 #    the model to the GPU. Data code and pictures then only ever see `[0, 1]` images;
 # 3. runs the trunk, then the FPN.
+#
+# At construction it also decides what trains: `trainable_layers` stages of the trunk counted
+# from the top (default: 3 with ImageNet weights, all 5 from scratch) and `frozen_batchnorm`.
+# The section after the next check explains why.
 #
 # Departure from the paper: FCOS uses p3-p7 (p6, p7 from extra stride-2 convs) for COCO's
 # large objects; we keep p3-p5, like the seed, because our inputs are 224-320 px and
@@ -313,6 +338,28 @@ for (p, a), b in zip(ours.items(), theirs.values()):
 
 # %%
 #| export
+def check_images(images) -> None:
+    """Raise ValueError unless images is one (B, 3, H, W) float tensor with H, W divisible by 32.
+
+    The one check of the input images: BackboneWithFPN and FCOS (chapter 07) both call it.
+    Shape and dtype only, so it never waits for the GPU; values in [0, 1] are not checked.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(
+            f"images must be one (B, 3, H, W) float tensor in [0, 1]; got {shape}. "
+            "Fix: stack the images (collate_detection does), or add a batch axis with images[None]."
+        )
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float in [0, 1]; got dtype {images.dtype}. Fix: images.float() / 255")
+    H, W = images.shape[-2:]
+    if H % 32 or W % 32:
+        raise ValueError(
+            f"images height and width must be divisible by 32 (the stride of p5); got H={H}, W={W}. "
+            f"Fix: resize or pad to ({-(-H // 32) * 32}, {-(-W // 32) * 32})."
+        )
+
+
 class BackboneWithFPN(nn.Module):
     """RegNetX-400MF trunk (c3, c4, c5) followed by a standard FPN (p3, p4, p5).
 
@@ -320,18 +367,48 @@ class BackboneWithFPN(nn.Module):
         out_channels: F, channels of every FPN level.
         pretrained: load ImageNet weights (IMAGENET1K_V2) into the trunk. Offline
             (FCOS_OFFLINE=1) this raises instead of downloading.
+        trainable_layers: how many of the trunk's 5 stages train, counted from the top
+            (block4, block3, block2, block1, stem); the others get requires_grad=False.
+            None = 3 when pretrained (stem and block1 frozen, as torchvision), 5 from scratch.
+            The FPN always trains.
+        frozen_batchnorm: FrozenBatchNorm2d in the trunk instead of BatchNorm2d; None = same
+            as pretrained. Needed by any frozen stage. To rebuild a model fine-tuned from
+            ImageNet for its checkpoint, pass pretrained=False, frozen_batchnorm=True.
 
     forward(images: (B, 3, H, W) float in [0, 1], H and W divisible by 32)
         -> {"p3": (B, F, H/8, W/8), "p4": (B, F, H/16, W/16), "p5": (B, F, H/32, W/32)}
     """
 
-    def __init__(self, out_channels: int = 64, pretrained: bool = False):
+    def __init__(self, out_channels: int = 64, pretrained: bool = False, trainable_layers: int | None = None,
+                 frozen_batchnorm: bool | None = None):
         super().__init__()
-        regnet = make_regnet_x_400mf(pretrained)
+        if frozen_batchnorm is None:
+            frozen_batchnorm = pretrained
+        if trainable_layers is None:
+            trainable_layers = 3 if pretrained else len(STAGES)
+        if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int) \
+                or not 0 <= trainable_layers <= len(STAGES):
+            raise ValueError(
+                f"trainable_layers must be an int in [0, {len(STAGES)}], the trunk stages that train counted "
+                f"from the top (block4 first); got {trainable_layers!r}"
+            )
+        frozen_stages = STAGES[:len(STAGES) - trainable_layers]  # bottom-up: stem first
+        if frozen_stages and not frozen_batchnorm:
+            raise ValueError(
+                f"trainable_layers={trainable_layers} freezes {', '.join(frozen_stages)}, which needs "
+                "frozen_batchnorm=True (BatchNorm2d in a frozen stage would still update its running "
+                "statistics in training mode); got frozen_batchnorm=False. Fix: pass frozen_batchnorm=True, "
+                f"or trainable_layers={len(STAGES)}."
+            )
+        regnet = make_regnet_x_400mf(pretrained, frozen_batchnorm)
+        for stage in frozen_stages:
+            regnet.get_submodule(stage).requires_grad_(False)
+        self.trainable_layers = trainable_layers
+        self.frozen_batchnorm = frozen_batchnorm
         self.backbone_channels = {
             level: stage_out_channels(regnet.get_submodule(node)) for node, level in RETURN_NODES.items()
         }  # {"c3": 64, "c4": 160, "c5": 400}
-        self.body = create_feature_extractor(regnet, RETURN_NODES)
+        self.body = create_feature_extractor(regnet, RETURN_NODES)  # shares regnet's modules
         self.fpn = FPN(self.backbone_channels, out_channels)
         self.out_channels = out_channels
         self.strides = dict(FPN_STRIDES)
@@ -340,18 +417,7 @@ class BackboneWithFPN(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W); got shape {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(
-                f"images must be float in [0, 1]; got dtype {images.dtype}. Fix: images.float() / 255"
-            )
-        H, W = images.shape[-2:]
-        if H % 32 or W % 32:
-            raise ValueError(
-                f"images height and width must be divisible by 32 (the stride of p5); got H={H}, W={W}. "
-                f"Fix: resize or pad to ({-(-H // 32) * 32}, {-(-W // 32) * 32})."
-            )
+        check_images(images)
         x = (images - self.mean) / self.std  # (B, 3, H, W), ImageNet-normalised
         return self.fpn(self.body(x))
 
@@ -374,6 +440,77 @@ except ValueError as err:
     print("ValueError:", err)
 
 # %% [markdown]
+# ## Fine-tuning from ImageNet: frozen BatchNorm, frozen first stages
+#
+# With `pretrained=True` we follow torchvision's detection builders (`fcos_resnet50_fpn`
+# passes `norm_layer=FrozenBatchNorm2d` and `trainable_backbone_layers=3`):
+#
+# - **BatchNorm is frozen.** In training, BatchNorm normalises with the mean and variance of
+#   the current batch and folds them into running averages for evaluation. The ImageNet
+#   statistics came from large batches of object-centred 224 px crops. A detection batch
+#   holds 16 whole scenes, at another size, often split into a few images per GPU: its
+#   statistics are noisy, differ from ImageNet's, and would overwrite the good running
+#   averages with worse ones. `FrozenBatchNorm2d` keeps ImageNet's mean, variance, scale and
+#   shift as fixed buffers: it is a fixed per-channel affine map `y = a·x + b`, the same in
+#   training and in evaluation.
+# - **The first stages are frozen** (`requires_grad=False`): by default the stem and `block1`
+#   (`trainable_layers=3` trains block2 to block4). They compute generic low-level features
+#   (edges, colours, textures) that ImageNet already taught well; freezing them saves the
+#   gradients and saved activations of the two largest maps (stride 2 and 4), and leaves
+#   fewer weights to overfit a small dataset such as VOC.
+# - **From scratch nothing is frozen** (`pretrained=False`, this offline course): random
+#   weights have no statistics worth keeping, so BatchNorm trains and every stage learns.
+# - **The head is not concerned**: it uses GroupNorm (chapter 02), which normalises each
+#   image on its own and does not depend on the batch.
+#
+# To load the checkpoint of a model fine-tuned from ImageNet, rebuild it with
+# `pretrained=False, frozen_batchnorm=True` (nothing is downloaded): its `state_dict` holds the
+# `FrozenBatchNorm2d` buffers, and if training resumes they stay frozen. (A BatchNorm2d model
+# would load them too and evaluate the same, but would update them again in training.)
+#
+# Check, first that `FrozenBatchNorm2d` is BatchNorm's evaluation mode, written as `a·x + b`
+# with `a = weight / sqrt(running_var + eps)` and `b = bias - running_mean·a`, and that
+# training mode changes nothing. Then what trains, per stage, from scratch (the offline
+# default) and with the fine-tuning settings (what `pretrained=True` builds; offline we keep
+# the random weights).
+
+# %%
+bn = nn.BatchNorm2d(4)
+with torch.no_grad():  # statistics and affine as if trained
+    for buffer in (bn.running_mean, bn.weight, bn.bias):
+        buffer.copy_(torch.randn(4))
+    bn.running_var.copy_(torch.rand(4) + 0.5)
+frozen = torchvision.ops.FrozenBatchNorm2d(4)
+frozen.load_state_dict(bn.state_dict())  # drops num_batches_tracked
+x = torch.randn(2, 4, 5, 5)
+a = frozen.weight / (frozen.running_var + frozen.eps).sqrt()  # (4,)
+b = frozen.bias - frozen.running_mean * a  # (4,)
+print("same as BatchNorm2d in eval mode:", torch.allclose(frozen(x), bn.eval()(x), atol=1e-6))
+print("a·x + b:", torch.allclose(frozen(x), a.view(1, 4, 1, 1) * x + b.view(1, 4, 1, 1), atol=1e-6),
+      "| training mode changes nothing:", torch.equal(frozen.train()(x), frozen.eval()(x)))
+print("parameters:", len(list(frozen.parameters())), "| buffers:", [name for name, _ in frozen.named_buffers()])
+
+
+def count_trainable_per_stage(model):
+    """Print, per trunk stage and for the FPN: norm layer type, trainable / all parameters."""
+    for name in (*STAGES, "fpn"):
+        module = model.fpn if name == "fpn" else model.body.get_submodule(name)
+        norms = {type(m).__name__ for m in module.modules() if isinstance(m, (nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d))}
+        trainable = sum(prm.numel() for prm in module.parameters() if prm.requires_grad)
+        total = sum(prm.numel() for prm in module.parameters())
+        print(f"  {name:20s} {', '.join(sorted(norms)) or '-':18s} trainable {trainable:>9,} of {total:>9,}")
+
+
+for label, kwargs in {"from scratch (default)": {},
+                      "fine-tuning (frozen_batchnorm=True, trainable_layers=3)": {"frozen_batchnorm": True, "trainable_layers": 3}}.items():
+    print(label)
+    count_trainable_per_stage(BackboneWithFPN(out_channels=64, **kwargs))
+try:
+    BackboneWithFPN(trainable_layers=3)  # frozen stages, but BatchNorm that keeps updating
+except ValueError as err:
+    print("ValueError:", err)
+
+# %% [markdown]
 # ## Picture: what each level sees
 #
 # An image of the course dataset (chapter 00), letterboxed to 320 px, then cropped below the
@@ -384,7 +521,8 @@ except ValueError as err:
 # with ImageNet weights they respond to objects.
 
 # %%
-from fcos_lib.data import VOCDataset, make_course_dataset
+from fcos_lib.course_data import make_course_dataset
+from fcos_lib.data import VOCDataset
 
 dataset = VOCDataset(make_course_dataset(), split="val", image_size=320)
 image, target = dataset[4]

@@ -25,11 +25,13 @@
 #
 # **Divided by the stride.** A `p5` box is about 4x larger than a `p3` box (chapter 04's
 # scale ranges), so in pixels the `p5` targets would be 4x larger too, and one shared head
-# would have to output very different ranges per level. The paper handles that with
-# `exp(s_l · x)` and a learnable scale `s_l` per level. We divide the distances by the
-# level's stride instead (as torchvision's FCOS does with `BoxLinearCoder(normalize_by_size=True)`):
-# the targets then lie in the same few units at every level, and the head needs no
-# per-level scale (chapter 02).
+# would have to output very different ranges per level. We divide the distances by the
+# level's stride (as torchvision's FCOS does with `BoxLinearCoder(normalize_by_size=True)`):
+# the targets then lie in the same few units at every level. The head predicts these
+# stride-unit deltas as `exp(x)`, positive by construction (chapter 02). The paper instead
+# regresses pixel distances as `exp(s_l · x)`, with a learnable scale `s_l` per level to
+# absorb the size difference; in units of the stride that scale is not needed, and we do
+# not use it.
 #
 # This chapter builds both directions: **boxes -> deltas** (the training targets) and
 # **deltas -> boxes** (to decode predictions, for the GIoU loss of chapter 07 and for
@@ -52,7 +54,8 @@ import torch
 from matplotlib import patches
 from torchvision.models.detection._utils import BoxLinearCoder
 
-from fcos_lib.data import VOCDataset, collate_detection, make_course_dataset
+from fcos_lib.course_data import make_course_dataset
+from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.matching import fcos_match_locations_to_gt
 
@@ -104,9 +107,11 @@ Chapter 05 of the course (notebooks/05_deltas.py).
 References:
 - FCOS: Tian et al. 2019, "FCOS: Fully Convolutional One-Stage Object Detection", §3.1: the
   regression targets l* = x - x1, t* = y - y1, r* = x2 - x, b* = y2 - y.
-- Departure from the paper (same as torchvision.models.detection.fcos, which encodes with
-  det_utils.BoxLinearCoder(normalize_by_size=True) on anchors of side = stride): the
-  distances are divided by the level's stride instead of being predicted as exp(s_l * x).
+- Departure from the paper: the deltas are the distances divided by the level's stride, as
+  torchvision.models.detection.fcos encodes them (det_utils.BoxLinearCoder with
+  normalize_by_size=True, on anchors of side = stride). The head predicts them as exp(x)
+  (chapter 02, positive_deltas); the paper's exp(s_l * x) regresses pixels with a learnable
+  scale s_l per level, which we do not use.
 
 Box contract: (x1, y1, x2, y2) float, absolute 0-based input pixels, x1 < x2, y1 < y2;
 background (unmatched) rows are all -1.
@@ -212,7 +217,9 @@ plt.show()
 #   outputs the clamp never acts; it guards every other caller (a head with no activation, a
 #   hand-made tensor). Do not rely on it in a loss: a clamped side has no gradient.
 # - with `image_size=(H, W)`, the boxes are **clipped** to the image, `0 <= x <= W`,
-#   `0 <= y <= H`.
+#   `0 <= y <= H`. Pass the size of the *image*, not of the padded input: a letterboxed photo
+#   fills only the top-left `(h, w)` of the `S x S` input, and a box clipped to `S x S` can still
+#   reach into the padding. Chapter 08 clips each image to its own `(h, w)` before NMS.
 #
 # Every row is decoded with its **own** location. There is no "background" test: a network
 # output has no background marker, and a background target row of `-1` decodes, after the

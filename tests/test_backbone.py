@@ -3,7 +3,10 @@ import pytest
 import torch
 import torchvision
 
-from fcos_lib.backbone import FPN, BackboneWithFPN
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from fcos_lib.backbone import STAGES, FPN, BackboneWithFPN, check_images, make_regnet_x_400mf
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +138,144 @@ def test_gradient_reaches_every_parameter():
     sum(x.mean() for x in pyramid.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
+
+
+# --- check_images: the one check of the input images (the model calls it too, see test_model.py)
+
+@pytest.mark.parametrize("images, message", [
+    (torch.rand(3, 64, 64), r"images must be one \(B, 3, H, W\) float tensor.*got \(3, 64, 64\).*images\[None\]"),
+    (torch.rand(1, 1, 64, 64), r"got \(1, 1, 64, 64\)"),
+    ([torch.rand(3, 64, 64)], r"got list.*stack the images"),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), r"float in \[0, 1\]; got dtype torch.uint8.*images.float\(\) / 255"),
+    (torch.rand(1, 3, 100, 64), r"divisible by 32.*got H=100, W=64.*\(128, 64\)"),
+])
+def test_check_images_names_the_problem_and_the_fix(images, message):
+    with pytest.raises(ValueError, match=message):
+        check_images(images)
+
+
+def test_check_images_accepts_float_batches():
+    check_images(torch.rand(2, 3, 64, 96))
+    check_images(torch.rand(1, 3, 32, 32, dtype=torch.float64))
+    check_images(torch.rand(0, 3, 32, 32))  # an empty batch is well-formed
+
+
+# --- fine-tuning: FrozenBatchNorm2d and frozen first stages, as torchvision's detection builders
+
+def _norm_types(module):
+    return {type(m) for m in module.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))}
+
+
+def _frozen_parameter_names(model):
+    return {name for name, prm in model.named_parameters() if not prm.requires_grad}
+
+
+def test_from_scratch_trains_batchnorm_and_every_stage():
+    model = BackboneWithFPN(out_channels=16)
+    assert model.trainable_layers == 5 and model.frozen_batchnorm is False
+    assert _norm_types(model.body) == {nn.BatchNorm2d}
+    assert _frozen_parameter_names(model) == set()
+
+
+def test_make_regnet_x_400mf_frozen_batchnorm():
+    assert _norm_types(make_regnet_x_400mf()) == {nn.BatchNorm2d}
+    frozen = make_regnet_x_400mf(frozen_batchnorm=True)
+    assert _norm_types(frozen) == {FrozenBatchNorm2d}
+    # Same architecture: 2 fewer parameters per norm layer (weight, bias became buffers).
+    num_norms = sum(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules())
+    assert len(list(make_regnet_x_400mf().parameters())) - len(list(frozen.parameters())) == 2 * num_norms
+
+
+@pytest.mark.parametrize("trainable_layers", [0, 1, 2, 3, 4, 5])
+def test_trainable_layers_freeze_exactly_the_bottom_stages(trainable_layers):
+    model = BackboneWithFPN(out_channels=16, trainable_layers=trainable_layers, frozen_batchnorm=True)
+    frozen_stages = STAGES[:5 - trainable_layers]  # 3 -> stem, block1
+    expected = {f"body.{name}" for stage in frozen_stages
+                for name, _ in model.body.get_submodule(stage).named_parameters(prefix=stage)}
+    assert _frozen_parameter_names(model) == expected
+    assert all(prm.requires_grad for prm in model.fpn.parameters())  # the FPN always trains
+    assert _norm_types(model.body) == {FrozenBatchNorm2d}
+
+
+def test_frozen_batchnorm_and_frozen_stages_do_not_change_in_a_training_step():
+    torch.manual_seed(0)
+    model = BackboneWithFPN(out_channels=16, trainable_layers=3, frozen_batchnorm=True).train()
+    with torch.no_grad():  # non-trivial statistics, as ImageNet weights would bring
+        for m in model.body.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    optimizer = torch.optim.SGD([prm for prm in model.parameters() if prm.requires_grad], lr=0.1)
+    sum(x.mean() for x in model(torch.rand(2, 3, 64, 96)).values()).backward()
+    optimizer.step()
+    after = model.state_dict()
+    frozen_norm = [n for n, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+    for prefix in frozen_norm:
+        for buffer in ("weight", "bias", "running_mean", "running_var"):
+            key = f"{prefix}.{buffer}"
+            assert torch.equal(before[key], after[key]), key
+    assert all(prm.grad is None for stage in STAGES[:2] for prm in model.body.get_submodule(stage).parameters())
+    assert torch.equal(before["body.stem.0.weight"], after["body.stem.0.weight"])  # frozen stage
+    changed = [k for k in before if k.startswith("body.trunk_output.block4") and not torch.equal(before[k], after[k])]
+    assert changed  # a trainable stage did learn
+
+
+def test_pretrained_defaults_to_frozen_batchnorm_and_three_trainable_stages(monkeypatch):
+    reference = torchvision.models.regnet_x_400mf(weights=None)  # BatchNorm2d, with num_batches_tracked
+    monkeypatch.setenv("FCOS_OFFLINE", "0")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kw: reference.state_dict())
+    model = BackboneWithFPN(out_channels=16, pretrained=True)
+    assert model.trainable_layers == 3 and model.frozen_batchnorm is True
+    assert _norm_types(model.body) == {FrozenBatchNorm2d}
+    frozen = _frozen_parameter_names(model)  # stem and block1, as trainable_layers=3 gives
+    assert frozen == _frozen_parameter_names(BackboneWithFPN(out_channels=16, trainable_layers=3, frozen_batchnorm=True))
+    assert frozen and all(name.startswith(("body.stem.", "body.trunk_output.block1.")) for name in frozen)
+
+
+def test_checkpoint_of_a_fine_tuned_model_loads_into_a_rebuilt_one(monkeypatch):
+    # Train with ImageNet weights, later rebuild without downloading: pretrained=False, frozen_batchnorm=True.
+    torch.manual_seed(0)
+    monkeypatch.setenv("FCOS_OFFLINE", "0")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda url, **kw: torchvision.models.regnet_x_400mf(weights=None).state_dict())
+    trained = BackboneWithFPN(out_channels=16, pretrained=True)
+    with torch.no_grad():
+        for m in trained.body.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_mean.normal_()
+    monkeypatch.setenv("FCOS_OFFLINE", "1")
+    rebuilt = BackboneWithFPN(out_channels=16, pretrained=False, frozen_batchnorm=True)
+    rebuilt.load_state_dict(trained.state_dict())  # strict
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(trained.eval()(images).values(), rebuilt.eval()(images).values()):
+            assert torch.equal(a, b)
+    # Between two frozen_batchnorm=True models built from scratch, too.
+    torch.manual_seed(1)
+    other = BackboneWithFPN(out_channels=16, frozen_batchnorm=True, trainable_layers=3)
+    other.load_state_dict(rebuilt.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), rebuilt.state_dict().values()))
+    # A BatchNorm2d model loads it too (its num_batches_tracked start at 0) and, in eval mode,
+    # computes the same thing; but in training mode it would update the statistics again.
+    plain = BackboneWithFPN(out_channels=16)
+    plain.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        for a, b in zip(trained(images).values(), plain.eval()(images).values()):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("trainable_layers", [-1, 6, 2.5, "3", True])
+def test_bad_trainable_layers_are_refused_before_any_download(monkeypatch, trainable_layers):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _fail_download)
+    monkeypatch.setenv("FCOS_OFFLINE", "0")
+    with pytest.raises(ValueError, match=r"trainable_layers must be an int in \[0, 5\].*got"):
+        BackboneWithFPN(pretrained=True, trainable_layers=trainable_layers)
+
+
+def test_frozen_stages_need_frozen_batchnorm():
+    with pytest.raises(ValueError, match=r"trainable_layers=3 freezes stem, trunk_output.block1.*frozen_batchnorm=True"):
+        BackboneWithFPN(trainable_layers=3)
+    with pytest.raises(ValueError, match="frozen_batchnorm=True"):
+        BackboneWithFPN(trainable_layers=0, frozen_batchnorm=False)
+    BackboneWithFPN(trainable_layers=5, frozen_batchnorm=False)  # nothing frozen: fine

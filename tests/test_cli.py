@@ -227,3 +227,20 @@ def test_resume_keeps_the_runs_settings_and_refuses_changes(trained, tiny_data, 
     err = one_line_error(capsys, ["train", "--out", str(trained), "--resume", "--iters", "5", "--batch-size", "3"])
     assert "iters 3 -> 5" in err and "batch_size 2 -> 3" in err
     assert load_checkpoint(trained / "last.pt")["iteration"] == 3
+
+
+def test_readme_python_example_runs(tiny_data, tmp_path, monkeypatch):
+    # The README's "From Python" block, run as written, on tiny data and a short run.
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"From Python:\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert 'data="MY_DATA"' in block and "iters=3000" in block
+    code = block.replace('data="MY_DATA"', f'data={str(tiny_data)!r}, image_size=64, batch_size=2, device="cpu"') \
+                .replace("iters=3000", "iters=2").replace('out="runs/pets"', f'out={str(tmp_path / "pets")!r}')
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["state"]["iteration"] == 2 and 0 <= namespace["metrics"]["voc07_map50"] <= 1
+    assert (tmp_path / "pets" / "metrics.json").is_file()

@@ -90,8 +90,11 @@ def test_one_hot_targets_use_num_classes():
     assert out.shape == (1, 4, 7)
     assert out.sum(dim=-1).tolist() == [[1.0, 0.0, 1.0, 1.0]]
     assert out[0, 3, 6] == 1 and out[0, 0, 2] == 1
-    with pytest.raises(ValueError, match=r"num_classes=3.*got label 3"):
+    # The label rule and message of chapter 04's check_class_labels (shared with check_gt_boxes).
+    with pytest.raises(ValueError, match=r"labels\[0, 0\] has class label 3.*num_classes=3"):
         one_hot_targets(torch.tensor([[3]]), num_classes=3)
+    with pytest.raises(ValueError, match=r"labels\[0, 1\] has class label -2"):
+        one_hot_targets(torch.tensor([[0, -2]]), num_classes=3)
 
 
 def test_fcos_loss_matches_torchvision_compute_loss():

@@ -13,7 +13,8 @@ import torchvision
 from torch import nn
 
 from fcos_lib.locations import get_fpn_location_coords
-from fcos_lib.matching import fcos_match_indices, fcos_match_locations_to_gt, scale_ranges_per_fpn_level
+from fcos_lib.matching import (check_class_labels, check_gt_boxes, fcos_match_indices, fcos_match_locations_to_gt,
+                                scale_ranges_per_fpn_level)
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
@@ -195,3 +196,68 @@ def test_documented_float32_difference_with_torchvision():
     assert fcos_match_indices(locs, STRIDES, gt).tolist() == [[1]]
     assert torchvision_matched_idxs(locs, gt, None).tolist() == [[0]]
     assert torchvision_matched_idxs(locs, gt.double(), None).tolist() == [[1]]
+
+
+# --- check_gt_boxes: the one check of the ground truth (the model calls it too, see test_model.py)
+
+NAN, INF = float("nan"), float("inf")
+BOX = [10.0, 10, 50, 40, 0]
+
+
+@pytest.mark.parametrize("row, message", [
+    ([NAN, 10, 50, 40, 0], r"gt_boxes\[0, 1\] = \[nan, .*is not finite \(NaN or inf\)\. Fix"),
+    ([10.0, 10, INF, 40, 0], r"gt_boxes\[0, 1\] = .*inf.*is not finite"),
+    ([-1.0, -1, -1, NAN, -1], r"gt_boxes\[0, 1\].*is not finite"),  # a padding row is checked too
+    ([10.0, 10, 50, 40, NAN], r"gt_boxes\[0, 1\].*is not finite"),
+    ([10.0, 10, 50, 40, 1.5], r"gt_boxes\[0, 1\] has class label 1\.5, not an integer >= 0 or -1 \(no object\)\. Fix"),
+    ([10.0, 10, 50, 40, -2], r"gt_boxes\[0, 1\] has class label -2"),
+    ([50.0, 10, 10, 40, 0], r"gt_boxes\[0, 1\] = \[50\.0, .*degenerate: a box needs x2 > x1 and y2 > y1\. Fix"),
+])
+def test_check_gt_boxes_names_the_row_and_the_fix(row, message):
+    gt = torch.tensor([[BOX, row]])  # (1, 2, 5)
+    with pytest.raises(ValueError, match=message):
+        check_gt_boxes(gt)
+
+
+def test_check_gt_boxes_shape_batch_size_and_num_classes():
+    with pytest.raises(ValueError, match=r"gt_boxes must be \(B, N, 5\).*got \(2, 5\).*gt_boxes\[None\]"):
+        check_gt_boxes(torch.tensor([BOX, BOX]))
+    with pytest.raises(ValueError, match=r"got list"):
+        check_gt_boxes([BOX])
+    with pytest.raises(ValueError, match=r"gt_boxes must be \(3, N, 5\).*got \(2, 1, 5\)"):
+        check_gt_boxes(torch.tensor([[BOX], [BOX]]), batch_size=3)
+    seven = torch.tensor([[[10.0, 10, 50, 40, 7]]])
+    check_gt_boxes(seven)  # no num_classes: any integer class >= 0
+    with pytest.raises(ValueError, match=r"gt_boxes\[0, 0\] has class label 7, not an integer in "
+                                         r"\[0, num_classes=5\) or -1.*num_classes = len\(class_names\)"):
+        check_gt_boxes(seven, num_classes=5)
+
+
+@pytest.mark.parametrize("gt", [
+    torch.tensor([[BOX, [-1.0] * 5]]), torch.zeros(2, 0, 5), torch.full((2, 3, 5), -1.0),
+    torch.tensor([[[10, 10, 50, 40, 4]]]), torch.tensor([[BOX]], dtype=torch.float64),
+], ids=["padded", "N=0", "all-padding", "int64", "float64"])
+def test_check_gt_boxes_accepts_valid_ground_truth(gt):
+    check_gt_boxes(gt, num_classes=5, batch_size=gt.shape[0])
+
+
+def test_matching_reports_bad_rows_with_check_gt_boxes_message():
+    gt = torch.tensor([[BOX, [10.0, NAN, 50, 40, 1]]])
+    with pytest.raises(ValueError) as expected:
+        check_gt_boxes(gt)
+    for match in (fcos_match_indices, fcos_match_locations_to_gt):
+        with pytest.raises(ValueError) as got:
+            match(locations_for(64, 64), STRIDES, gt)
+        assert str(got.value) == str(expected.value)
+    with pytest.raises(ValueError) as got:  # one image's (N, 5): its rows are named as image 0
+        fcos_match_indices(locations_for(64, 64), STRIDES, gt[0])
+    assert str(got.value) == str(expected.value)
+
+
+def test_check_class_labels_int_and_float():
+    check_class_labels(torch.tensor([[0, -1, 4]]), num_classes=5)
+    check_class_labels(torch.tensor([0.0, -1.0, 4.0]), num_classes=5)
+    with pytest.raises(ValueError, match=r"labels\[1\] has class label -3"):
+        check_class_labels(torch.tensor([0, -3, 4]))
+    with pytest.raises(ValueError, match=r"targets\[0, 2\] has class label 5, not an integer in \[0, num_classes=5\)"):
+        check_class_labels(torch.tensor([[0, -1, 5]]), num_classes=5, name="targets")

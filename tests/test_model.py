@@ -2,6 +2,11 @@
 import pytest
 import torch
 
+from torchvision.ops import FrozenBatchNorm2d
+
+from fcos_lib.backbone import BackboneWithFPN
+from fcos_lib.locations import get_fpn_location_coords
+from fcos_lib.matching import check_gt_boxes, fcos_match_indices
 from fcos_lib.model import FCOS, FCOSPredictions, check_finite_losses
 
 GT = torch.tensor([
@@ -113,3 +118,63 @@ def test_check_finite_losses_names_the_bad_component():
     with pytest.raises(FloatingPointError, match=r"loss_cls=nan, loss_box=nan"):
         check_finite_losses({"loss_cls": torch.tensor(float("nan")), "loss_box": torch.tensor(float("nan")),
                              "loss_ctr": torch.tensor(0.7)})
+
+
+# --- one place for each input check: the model's errors are those of chapter 01 and chapter 04
+
+@pytest.mark.parametrize("images", [
+    torch.rand(3, 160, 224), torch.rand(2, 1, 160, 224), torch.zeros(2, 3, 160, 224, dtype=torch.uint8),
+    torch.rand(2, 3, 150, 224),
+], ids=["3-D", "1 channel", "uint8", "H=150"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_image_errors_are_the_backbones(model, images, training):
+    with pytest.raises(ValueError) as from_backbone:
+        BackboneWithFPN(out_channels=16)(images)
+    with pytest.raises(ValueError) as from_model:
+        model.train(training)(images, GT)
+    assert str(from_model.value) == str(from_backbone.value)
+
+
+@pytest.mark.parametrize("row", [
+    [10.0, 20, 5, 100, 1], [10.0, 20, 70, 20, 1], [float("nan"), 20, 70, 100, 1], [10.0, 20, float("inf"), 100, 1],
+], ids=["x2<x1", "y2=y1", "nan", "inf"])
+def test_ground_truth_errors_are_the_matchings(model, row):
+    gt = GT.clone()
+    gt[0, 1] = torch.tensor(row)  # (2, 2, 5), the bad row is gt_boxes[0, 1]
+    locations = get_fpn_location_coords({"p3": (20, 28), "p4": (10, 14), "p5": (5, 7)},
+                                        {"p3": 8, "p4": 16, "p5": 32})
+    with pytest.raises(ValueError) as from_matching:
+        fcos_match_indices(locations, {"p3": 8, "p4": 16, "p5": 32}, gt)
+    with pytest.raises(ValueError) as from_model:
+        model.train()(torch.rand(2, 3, 160, 224), gt)
+    assert str(from_model.value) == str(from_matching.value)
+    assert "gt_boxes[0, 1]" in str(from_model.value)
+
+
+def test_ground_truth_shape_and_class_errors_come_from_check_gt_boxes(model):
+    # The matching knows neither num_classes nor the number of images: the model passes both.
+    bad_classes = []
+    for label in (5, 0.5, -2):  # num_classes=5: classes 0..4, or -1
+        gt = GT.clone()
+        gt[1, 1, 4] = label
+        bad_classes.append(gt)
+    for gt in (*bad_classes, GT[0], GT[:1]):
+        with pytest.raises(ValueError) as expected:
+            check_gt_boxes(gt, num_classes=5, batch_size=2)
+        with pytest.raises(ValueError) as from_model:
+            model.train()(torch.rand(2, 3, 160, 224), gt)
+        assert str(from_model.value) == str(expected.value)
+
+
+def test_backbone_freezing_options_are_passed_through():
+    model = FCOS(num_classes=3, fpn_channels=16, num_convs=1, trainable_backbone_layers=2, frozen_batchnorm=True)
+    assert model.backbone.trainable_layers == 2 and model.backbone.frozen_batchnorm is True
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
+    frozen = {name for name, prm in model.named_parameters() if not prm.requires_grad}
+    assert frozen and all(name.startswith(("backbone.body.stem.", "backbone.body.trunk_output.block1.",
+                                           "backbone.body.trunk_output.block2.")) for name in frozen)
+    # A fine-tuned model's checkpoint loads into one rebuilt without downloading anything.
+    rebuilt = FCOS(num_classes=3, fpn_channels=16, num_convs=1, frozen_batchnorm=True)
+    rebuilt.load_state_dict(model.state_dict())
+    default = FCOS(num_classes=3, fpn_channels=16, num_convs=1)
+    assert default.backbone.trainable_layers == 5 and default.backbone.frozen_batchnorm is False

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from fcos_lib.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from fcos_lib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fcos_lib.config import TrainConfig, baseline_recipe, improved_recipe, resolve_device
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset
