@@ -2,13 +2,16 @@
 
 A thin layer over the library functions of chapter 09 (fcos_lib.train, fcos_lib.evaluate) and
 chapter 08 (fcos_lib.inference): it parses arguments, calls them, and turns every known bad
-input into one line on stderr and exit status 2, never a traceback.
+input into one line on stderr and exit status 2, never a traceback. `detect` exits with 1 when
+some images could not be read (each is skipped, reported, and listed in detections.json).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +34,10 @@ def _parse_classes(text: str | None) -> tuple[str, ...] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fcos_lib import __version__
+
     parser = argparse.ArgumentParser(prog="python -m fcos_lib", description="Train, evaluate and run FCOS on VOC-layout data.")
+    parser.add_argument("--version", action="version", version=f"fcos_lib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     # Every train flag defaults to None = "not given": a new run fills in the recipe's value (the
@@ -54,18 +60,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu or cuda (default: auto)")
     t.add_argument("--out", default="runs/fcos", help="run folder: last.pt, metrics.json, loss_curve.png, detections.png (default: runs/fcos)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt, with its own settings")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: refuse)")
     t.add_argument("--seed", type=int, help="random seed of the initial weights, batch order and flips (default: 0)")
+    t.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default: 100)")
+    t.add_argument("--checkpoint-minutes", type=float, help="most minutes between checkpoints (default: 2)")
+    t.add_argument("--skip-bad-boxes", action="store_true", default=None,
+                   help="leave out, and list, the images whose annotation has a broken box (default: refuse the data)")
 
-    e = sub.add_parser("evaluate", help="mAP of a checkpoint on a split (COCO-style and PASCAL VOC)")
-    e.add_argument("--checkpoint", required=True, help="a last.pt written by train")
+    e = sub.add_parser("evaluate", help="mAP of a checkpoint on a split (COCO-style and PASCAL VOC)",
+                       description="Evaluate a checkpoint on one split and write metrics_<SPLIT>.json (the run's "
+                                   "own metrics.json is left alone).")
+    e.add_argument("--checkpoint", required=True, help="a last.pt written by train (required, no default)")
     e.add_argument("--data", help="VOC-layout folder (default: the generated course dataset)")
-    e.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    e.add_argument("--split", default="val", help="split to evaluate, ImageSets/Main/<SPLIT>.txt (default: val)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    e.add_argument("--out", help="where to write metrics.json (default: the checkpoint's folder)")
+    e.add_argument("--out", help="folder for metrics_<SPLIT>.json (default: the checkpoint's folder)")
 
-    d = sub.add_parser("detect", help="detect objects in image files")
-    d.add_argument("--checkpoint", required=True, help="a last.pt written by train")
-    d.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    d = sub.add_parser("detect", help="detect objects in image files and folders",
+                       description="Detect objects in images; write <stem>_detections.png per image and "
+                                   "detections.json. Exit status 0: all images done; 1: some could not be read "
+                                   "(listed under \"failed\" in detections.json); 2: nothing could be done.")
+    d.add_argument("--checkpoint", required=True, help="a last.pt written by train (required, no default)")
+    d.add_argument("images", nargs="+",
+                   help="image files (JPEG, PNG, ...) and folders; a folder means every image file under it, "
+                        "recursively, in sorted order (hidden files and the --out folder skipped)")
     d.add_argument("--out", default="detections", help="folder for annotated images and detections.json (default: detections)")
     d.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring above this (default: 0.3)")
     d.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -77,7 +95,19 @@ _TRAIN_FLAGS = {
     "data": "data", "train_split": "train_split", "val_split": "val_split", "image_size": "image_size",
     "iters": "iters", "batch_size": "batch_size", "lr": "lr", "pretrained": "pretrained_backbone",
     "in_memory": "in_memory", "workers": "num_workers", "device": "device", "out": "out", "seed": "seed",
+    "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes", "skip_bad_boxes": "skip_bad_boxes",
 }
+
+
+def _build_config(build, **kwargs) -> TrainConfig:
+    """Call `build`; a TrainConfig range error names the command-line flag, not the field."""
+    try:
+        return build(**kwargs)
+    except ValueError as err:
+        message = str(err)
+        for dest, field in _TRAIN_FLAGS.items():
+            message = message.replace(f"TrainConfig.{field} ", f"--{dest.replace('_', '-')} ")
+        raise ValueError(message.replace("TrainConfig.classes ", "--classes ")) from None
 
 
 def config_from_args(args) -> TrainConfig:
@@ -97,7 +127,7 @@ def config_from_args(args) -> TrainConfig:
         saved = load_checkpoint(Path(args.out) / "last.pt")["config"]
         if args.recipe is not None:
             raise ValueError("--recipe cannot be combined with --resume: a resumed run keeps its own recipe")
-        return TrainConfig(**saved).replace(**given)
+        return _build_config(TrainConfig(**saved).replace, **given)
     recipe = {"improved": improved_recipe, "baseline": baseline_recipe}[args.recipe or "improved"]()
     course = given.get("data") is None
     iters = given.get("iters", COURSE_DEFAULT_ITERS if course else FULL_DEFAULT_ITERS)
@@ -109,26 +139,25 @@ def config_from_args(args) -> TrainConfig:
         # The recipe's warm-up, shortened to a tenth of a short run; a recipe without one keeps none.
         "warmup_iters": min(recipe.warmup_iters, iters // 10),
     }
-    return recipe.replace(**{**defaults, **given})
+    return _build_config(recipe.replace, **{**defaults, **given})
 
 
 def _train(args) -> int:
-    from fcos_lib.data import VOCDataset
     from fcos_lib.report import write_run_report
-    from fcos_lib.config import resolve_device
-    from fcos_lib.train import resolve_data, train
+    from fcos_lib.train import preflight, train
 
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the run, or replace it")
     cfg = config_from_args(args)
-    # Check everything that can be checked before spending minutes or hours on training: the
-    # device, both splits and every annotation in them.
-    resolve_device(cfg.device)
-    root, class_names = resolve_data(cfg)
-    for split in (cfg.train_split, cfg.val_split):
-        VOCDataset(root, split, class_names=class_names, image_size=cfg.image_size)
+    # Check everything that can be checked before spending minutes or hours on training: the run
+    # folder, the device, both splits, every annotation and every image in them.
+    progress = sys.stderr.isatty()  # progress bars in a terminal, not in logs and pipes
+    for line in preflight(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress):
+        print(line)
     verb = "resuming" if args.resume else "training"
     print(f"{verb} on {cfg.data or 'the course dataset'} for {cfg.iters} iterations -> {cfg.out}/last.pt")
-    state = train(cfg, resume=args.resume)
-    metrics = write_run_report(cfg, state)
+    state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    metrics = write_run_report(cfg, state, progress=progress)
     _print_metrics(metrics)
     print(f"wrote {cfg.out}/metrics.json, loss_curve.png, detections.png")
     return 0
@@ -137,11 +166,18 @@ def _train(args) -> int:
 def _print_metrics(metrics: dict) -> None:
     from fcos_lib.evaluate import format_ap_table
 
+    def fmt(value):  # None: no ground truth to score (null in the JSON), never -1
+        return "n/a" if value is None else f"{value:.3f}"
+
     print(format_ap_table(metrics))
-    print(f"mAP@0.5 = {metrics['map50']:.3f}   mAP@[.5:.95] = {metrics['map']:.3f}")
+    print(f"mAP@0.5 = {fmt(metrics['map50'])}   mAP@[.5:.95] = {fmt(metrics['map'])}")
 
 
 def _evaluate(args) -> int:
+    import re
+    from datetime import datetime, timezone
+
+    from fcos_lib import __version__
     from fcos_lib.checkpoint import model_from_checkpoint
     from fcos_lib.config import resolve_device
     from fcos_lib.course_data import make_course_dataset
@@ -149,44 +185,93 @@ def _evaluate(args) -> int:
     from fcos_lib.evaluate import evaluate
     from fcos_lib.report import scalar_metrics
 
+    # Everything that can fail is checked before the (long) evaluation: device, checkpoint,
+    # the split and its annotations, and the output folder.
     device = resolve_device(args.device)
     model, state = model_from_checkpoint(args.checkpoint, device)
     root = Path(args.data) if args.data else make_course_dataset()
-    dataset = VOCDataset(root, args.split, class_names=state["class_names"], image_size=state["config"]["image_size"])
-    metrics = evaluate(model, dataset, device=device)
-    _print_metrics(metrics)
+    image_size = state["config"]["image_size"]
+    dataset = VOCDataset(root, args.split, class_names=state["class_names"], image_size=image_size)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(scalar_metrics(metrics, split=args.split), indent=2))
-    print(f"wrote {out / 'metrics.json'}")
+    # Its own file per split: the run's metrics.json belongs to the training report.
+    path = out / f"metrics_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.split)}.json"
+
+    metrics = evaluate(model, dataset, device=device, progress=True)
+    _print_metrics(metrics)
+    if metrics["voc_map50"] is None:
+        print(f"note: split {args.split!r} of {root} has no objects to score (no non-difficult ground-truth box); "
+              f"every AP is n/a (null in {path.name})", file=sys.stderr)
+    record = scalar_metrics(
+        metrics, split=args.split, data=str(Path(root).resolve()), image_size=image_size,
+        checkpoint=str(Path(args.checkpoint).resolve()), fcos_lib_version=__version__,
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    path.write_text(json.dumps(record, indent=2))
+    print(f"wrote {path}")
     return 0
 
 
 def _detect(args) -> int:
     from fcos_lib.checkpoint import model_from_checkpoint
     from fcos_lib.config import resolve_device
-    from fcos_lib.inference import detect_files
+    from fcos_lib.inference import detect_files, image_files
 
+    # Bad paths, device or checkpoint stop here (exit 2), before any image is read.
+    files = image_files(args.images, exclude=args.out)
     device = resolve_device(args.device)
     model, state = model_from_checkpoint(args.checkpoint, device)
-    results = detect_files(model, args.images, args.out, class_names=state["class_names"],
-                           image_size=state["config"]["image_size"], score_thresh=args.score_thresh, device=device)
-    for item in results:
-        print(f"{item['image']}: {len(item['detections'])} detections")
-    print(f"wrote {Path(args.out) / 'detections.json'} and {len(results)} annotated images")
+    results = detect_files(model, files, args.out, class_names=state["class_names"],
+                           image_size=state["config"]["image_size"], score_thresh=args.score_thresh,
+                           device=device, progress=True)
+    json_path = Path(args.out) / "detections.json"
+    for item in results["images"]:
+        print(f"{item['image']}: {len(item['detections'])} detections -> {Path(args.out) / item['output']}")
+    for item in results["failed"]:
+        print(f"skipped {item['image']}: {item['error']}", file=sys.stderr)
+    print(f"wrote {json_path} and {len(results['images'])} annotated images")
+    if results["failed"]:
+        print(f"{len(results['failed'])} of {len(files)} images failed; see {json_path}", file=sys.stderr)
+        return 1
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame):
+    """SIGTERM (a scheduler, `timeout`, `kill`) stops the command like Ctrl-C does."""
+    raise _Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     from fcos_lib.checkpoint import CheckpointError
     from fcos_lib.voc import DatasetError
 
     try:
         return {"train": _train, "evaluate": _evaluate, "detect": _detect}[args.command](args)
-    except (DatasetError, CheckpointError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (DatasetError, CheckpointError, ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; the run folder's last.pt holds the progress (resume with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (see _terminate)
+        signum = getattr(err, "signum", signal.SIGINT)
+        if getattr(err, "iteration", None) is not None:  # fcos_lib.train.TrainingInterrupted: saved
+            print(f"{err}", file=sys.stderr)
+        elif args.command == "train":
+            print(f"interrupted by {signal.Signals(signum).name}; {args.out}/last.pt holds the last checkpoint "
+                  "saved, if any (continue with --resume)", file=sys.stderr)
+        else:
+            print(f"interrupted by {signal.Signals(signum).name}; {args.command} stopped", file=sys.stderr)
+        return 128 + signum

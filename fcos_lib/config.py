@@ -8,9 +8,10 @@ GroupNorm, centre sampling, GIoU, flips, lr 0.02 with warm-up and cosine decay (
 """
 from __future__ import annotations
 
-__all__ = ['TrainConfig', 'RESUMABLE_CHANGES', 'config_differences', 'baseline_recipe', 'improved_recipe', 'resolve_device']
+__all__ = ['TrainConfig', 'check_config', 'RESUMABLE_CHANGES', 'config_differences', 'baseline_recipe', 'improved_recipe', 'resolve_device']
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ class TrainConfig:
     val_split: str = "val"
     image_size: int = 224
     in_memory: bool = False          # decode + letterbox once, keep uint8 images in RAM
+    skip_bad_boxes: bool = False     # leave out (and report) images with a broken box, instead of refusing
     num_workers: int = 2
     # model
     pretrained_backbone: bool = False
@@ -53,15 +55,62 @@ class TrainConfig:
     # bookkeeping
     device: str = "auto"
     out: str = "runs/fcos"
-    checkpoint_every: int = 500
+    checkpoint_every: int = 100      # iterations between checkpoints ...
+    checkpoint_minutes: float = 2.0  # ... and at most this many minutes between them
     seed: int = 0
+
+    def __post_init__(self):
+        check_config(self)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# field -> (rule, test): every number and choice a run depends on, checked when the config is made.
+_CONFIG_RULES = {
+    "image_size": ("a positive multiple of 32 (the stride of p5)", lambda v: _is_int(v) and v > 0 and v % 32 == 0),
+    "iters": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "batch_size": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "num_workers": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "lr": ("a finite number > 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0),
+    "momentum": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1),
+    "weight_decay": ("a finite number >= 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
+    "warmup_iters": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "schedule": ("'cosine' or 'step'", lambda v: v in ("cosine", "step")),
+    "steps": ("fractions in (0, 1)", lambda v: all(isinstance(f, (int, float)) and 0 < f < 1 for f in v)),
+    "grad_clip": ("None or a finite number > 0", lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)),
+    "fpn_channels": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "num_convs": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "box_loss": ("'giou' or 'l1'", lambda v: v in ("giou", "l1")),
+    "center_sampling_radius": ("None or a finite number > 0", lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)),
+    "trainable_backbone_layers": ("None or an int in [0, 5]", lambda v: v is None or (_is_int(v) and 0 <= v <= 5)),
+    "checkpoint_every": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "checkpoint_minutes": ("a number > 0", lambda v: isinstance(v, (int, float)) and v > 0),
+    "seed": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "classes": ("None or a list of distinct class names", lambda v: v is None or (
+        not isinstance(v, str) and len(v) > 0 and all(isinstance(n, str) and n for n in v) and len(set(v)) == len(v))),
+}
+
+
+def check_config(cfg: "TrainConfig") -> None:
+    """Raise ValueError naming the first field of `cfg` outside its allowed range."""
+    for name, (allowed, ok) in _CONFIG_RULES.items():
+        value = getattr(cfg, name)
+        try:
+            fine = ok(value)
+        except TypeError:
+            fine = False
+        if not fine:
+            raise ValueError(f"TrainConfig.{name} must be {allowed}, got {value!r}")
+
+
 # Fields that may change between a run and its resume: where and how it runs, not what it learns.
-RESUMABLE_CHANGES = ("device", "out", "num_workers", "in_memory", "checkpoint_every", "val_split", "data")
+RESUMABLE_CHANGES = ("device", "out", "num_workers", "in_memory", "checkpoint_every", "checkpoint_minutes",
+                     "val_split", "data")
 
 
 def config_differences(saved: dict, cfg: TrainConfig) -> dict:

@@ -10,39 +10,86 @@ with c in [0, C); a batch: (B, N, 5) padded with rows of -1.
 Letters: B images, N boxes per image, C classes, S the square network input side.
 """
 
-__all__ = ['load_image', 'VOCDataset', 'collate_detection']
+__all__ = ['load_image', 'annotated_frame', 'VOCDataset', 'collate_detection']
 
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from fcos_lib.transforms import pad_square, resize_longest
-from fcos_lib.voc import (DatasetError, annotation_path, check_voc_root, image_file, parse_voc_annotation,
-                          read_class_names, read_split)
+from fcos_lib.voc import (SKIPPABLE_KINDS, DatasetError, annotation_path, check_voc_root, empty_split_error,
+                          grouped_error, image_file, parse_voc_annotation, read_class_names, read_split)
 
 
-def load_image(path) -> Image.Image:
-    """Open an image file as an RGB PIL image, with a clear error for a missing or unreadable file."""
+def load_image(path, upright: bool = True) -> Image.Image:
+    """Open an image file as an RGB PIL image, with a clear error for a missing or unreadable file.
+
+    upright=True applies the file's EXIF orientation (ImageOps.exif_transpose), so a phone photo
+    comes out the way every viewer shows it; upright=False keeps the stored pixel grid.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder, not an image file", kind="unreadable image", file=path)
     if not path.is_file():
-        raise DatasetError(f"image {path} does not exist; check the path")
+        raise DatasetError(f"image {path} does not exist; check the path", kind="missing image", file=path)
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unreadable/truncated files
+            im.load()  # decode now: a truncated file fails here, not later
+            return (ImageOps.exif_transpose(im) if upright else im).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's errors for bad files
         raise DatasetError(
             f"cannot read image {path} ({type(err).__name__}: {err}); re-export or replace the file, "
-            "or remove its id from the split file"
+            "or remove its id from the split file", kind="unreadable image", file=path,
         ) from err
 
 
-def _read_image(path: Path) -> torch.Tensor:
+# EXIF orientations 5-8 turn the picture by 90 degrees: width and height swap.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def annotated_frame(image_path: Path, xml_size: tuple[int, int], verify: bool = False) -> bool:
+    """Which pixel grid the annotator drew on: True = the upright photo (EXIF orientation applied).
+
+    A phone stores a portrait photo as landscape pixels plus an EXIF tag that says "turn me". Some
+    labelling tools show it turned, some do not, so the XML's <size> tells which frame its boxes
+    are in: the upright size -> upright, the stored size -> stored. A 180-degree or mirrored tag
+    keeps the size and the XML cannot tell; we take the upright frame, the one phones, browsers
+    and most tools show. Reads only the file header, unless `verify`: then the image is decoded
+    (at 1/8 scale for JPEG) so that a truncated file is found now.
+
+    Raises DatasetError ("unreadable image", "size mismatch") naming the file.
+    """
+    try:
+        with Image.open(image_path) as im:
+            stored = im.size  # (W, H) of the stored pixels
+            orientation = im.getexif().get(0x0112, 1)  # the EXIF Orientation tag
+            if verify:
+                im.draft("RGB", (max(1, stored[0] // 8), max(1, stored[1] // 8)))  # JPEG: decode at 1/8
+                im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"cannot read image {image_path} ({type(err).__name__}: {err}); re-export or replace "
+                           "the file, or remove its id from the split file", kind="unreadable image",
+                           file=image_path) from err
+    upright = stored[::-1] if orientation in _QUARTER_TURNS else stored
+    H, W = xml_size
+    if (W, H) == upright:
+        return True
+    if (W, H) == stored:
+        return False
+    turned = f" ({upright[0]} x {upright[1]} after its EXIF orientation)" if upright != stored else ""
+    raise DatasetError(
+        f"image {image_path} is {stored[0]} x {stored[1]} (W x H){turned} but its annotation's <size> says "
+        f"{W} x {H}; fix the <size> or re-export", kind="size mismatch", file=image_path)
+
+
+def _read_image(path: Path, upright: bool = True) -> torch.Tensor:
     """Decode an image file to (3, H, W) uint8 RGB."""
-    return v2.functional.pil_to_tensor(load_image(path))
+    return v2.functional.pil_to_tensor(load_image(path, upright))
 
 
 class VOCDataset(Dataset):
@@ -51,15 +98,25 @@ class VOCDataset(Dataset):
     Args:
         root: folder with JPEGImages/, Annotations/, ImageSets/Main/<split>.txt.
         split: the split file's name ("train", "val", "trainval", "test", ...).
-        class_names: the C class names (label = index); None reads them from the annotations
-            of "trainval" (or of `split` when there is no trainval.txt), sorted.
+        class_names: the C class names (label = index), a list or tuple of str; None reads them
+            from the annotations of "trainval" (or of `split` when there is no trainval.txt), sorted.
         image_size: S, the square network input side; a multiple of 32.
         augment: random horizontal flips (training).
         in_memory: decode and resize every image once, in __init__, and keep it (uint8), so that
             a 2-vCPU machine keeps a GPU busy; about 3 * S * S bytes per image.
+        skip_bad_boxes: leave out the images whose annotation has a broken box (a non-finite
+            coordinate, no area, far outside the image) instead of refusing the split; each one
+            is listed in `skipped` (image id, reason).
+        verify_images: decode every image in __init__ (JPEGs at 1/8 scale), so that a truncated
+            or corrupt file is found before training; otherwise only the file headers are read.
+        progress: show a progress bar while the files are checked.
 
-    Every annotation is parsed and checked in __init__, so a bad file fails at once, not hours
-    into training. `annotations[i]` holds image i's boxes in image pixels (see parse_voc_annotation).
+    Every annotation and every image header is checked in __init__ (the image's size against the
+    XML's <size>, with its EXIF orientation: see annotated_frame), and all problems are reported
+    together in one DatasetError (see voc.grouped_error), so a bad file fails at once, not hours
+    into training. `annotations[i]` holds image i's boxes in image pixels (see
+    parse_voc_annotation); `num_clipped_boxes` counts the boxes that crossed the border a little
+    and were clipped.
 
     __getitem__(i) -> (image (3, S, S) float32 in [0, 1], target) with target = dict(
         boxes (N, 4) float32 xyxy in network-input pixels, labels (N,) int64,
@@ -68,12 +125,18 @@ class VOCDataset(Dataset):
     """
 
     def __init__(self, root, split: str = "train", class_names=None, image_size: int = 224,
-                 augment: bool = False, in_memory: bool = False):
+                 augment: bool = False, in_memory: bool = False, skip_bad_boxes: bool = False,
+                 verify_images: bool = False, progress: bool = False):
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32 (the stride of p5), got {image_size!r}")
+        if isinstance(class_names, str):
+            raise ValueError(f"class_names must be a list of names, got the string {class_names!r}; "
+                             f"for one class pass [{class_names!r}]")
         self.root = check_voc_root(root)
         self.split = split
-        self.image_ids = read_split(self.root, split)
+        image_ids = read_split(self.root, split)
+        if not image_ids:
+            raise empty_split_error(self.root, split)
         if class_names is None:
             has_trainval = (self.root / "ImageSets" / "Main" / "trainval.txt").is_file()
             class_names = read_class_names(self.root, "trainval" if has_trainval else split)
@@ -82,23 +145,44 @@ class VOCDataset(Dataset):
             raise ValueError(f"class_names must be a non-empty list of distinct names, got {self.class_names}")
         self.image_size = image_size
         self.augment = augment
-        self.annotations = [self._load_annotation(image_id) for image_id in self.image_ids]
+        self.annotations, self.skipped, problems = [], [], []
+        for image_id in tqdm(image_ids, desc=f"check {split}", disable=not progress, leave=False):
+            try:
+                self.annotations.append(self._load_annotation(image_id, verify_images))
+            except DatasetError as err:
+                if skip_bad_boxes and err.kind in SKIPPABLE_KINDS:
+                    self.skipped.append((image_id, str(err)))
+                else:
+                    problems.append(err)
+        if problems:
+            raise grouped_error(problems, f"split {split!r} of {self.root}")
+        if not self.annotations:
+            raise DatasetError(f"split {split!r}: every image was skipped for a broken box; fix the annotations",
+                               kind="empty split")
+        self.image_ids = [ann["image_id"] for ann in self.annotations]
+        self.num_clipped_boxes = sum(int(ann["clipped"].sum()) for ann in self.annotations)
         self._flip = v2.RandomHorizontalFlip(p=0.5)
-        self._cache = [self._load_resized(i) for i in range(len(self))] if in_memory else None
+        self._cache = None
+        if in_memory:
+            self._cache = [self._load_resized(i) for i in tqdm(range(len(self)), desc=f"load {split}",
+                                                                disable=not progress, leave=False)]
 
-    def _load_annotation(self, image_id: str) -> dict:
+    def _load_annotation(self, image_id: str, verify_image: bool = False) -> dict:
         xml_path = annotation_path(self.root, self.split, image_id)
         ann = parse_voc_annotation(xml_path, self.class_names)
-        return {"image_id": image_id, "image_path": image_file(self.root, self.split, image_id, xml_path), **ann}
+        path = image_file(self.root, self.split, image_id, xml_path)
+        upright = annotated_frame(path, ann["size"], verify=verify_image)
+        return {"image_id": image_id, "image_path": path, "upright": upright, **ann}
 
     def _load_resized(self, i: int):
         """Decode image i and scale its longest side to S: (image (3, h, w) uint8, boxes (N, 4))."""
         ann = self.annotations[i]
-        image = _read_image(ann["image_path"])  # (3, H, W) uint8
-        if tuple(image.shape[-2:]) != ann["size"]:
+        image = _read_image(ann["image_path"], ann["upright"])  # (3, H, W) uint8, in the annotated frame
+        if tuple(image.shape[-2:]) != ann["size"]:  # the file changed since __init__ checked it
             raise DatasetError(
                 f"image {ann['image_path']} is {image.shape[-1]} x {image.shape[-2]} (W x H) but its "
-                f"annotation's <size> says {ann['size'][1]} x {ann['size'][0]}; fix the <size> or re-export"
+                f"annotation's <size> says {ann['size'][1]} x {ann['size'][0]}; fix the <size> or re-export",
+                kind="size mismatch", file=ann["image_path"],
             )
         boxes = tv_tensors.BoundingBoxes(ann["boxes"], format="XYXY", canvas_size=ann["size"])
         return resize_longest(tv_tensors.Image(image), boxes, self.image_size)

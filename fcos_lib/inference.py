@@ -20,9 +20,10 @@ Dimension letters: B images, L locations (levels concatenated p3, p4, p5), L_l l
 level, C classes, K candidates. Boxes (x1, y1, x2, y2) in network-input pixels unless mapped back.
 """
 
-__all__ = ['fcos_postprocess', 'fcos_postprocess_per_image', 'same_detections', 'detect', 'detect_files']
+__all__ = ['fcos_postprocess', 'fcos_postprocess_per_image', 'same_detections', 'detect', 'IMAGE_SUFFIXES', 'image_files', 'detect_files']
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -40,6 +41,16 @@ def _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detec
     for name, value in {"topk_candidates": topk_candidates, "max_detections": max_detections}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+
+
+def _check_predictions_finite(predictions) -> None:
+    tensors = {"cls_logits": predictions.cls_logits, "box_deltas": predictions.box_deltas,
+               "ctr_logits": predictions.ctr_logits}
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])  # (3,) bool
+    if not finite.all():  # one sync for the three checks
+        name = list(tensors)[int((~finite).nonzero()[0])]
+        raise ValueError(f"predictions.{name} holds NaN or inf values, but the model's outputs must be finite; "
+                         "check the checkpoint (a diverged run gives NaN) and the input images")
 
 
 def _image_sizes_or_input(image_sizes, batch_size: int, input_size) -> list:
@@ -76,8 +87,12 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
     Returns:
         list of B dicts: boxes (K, 4) float32 with 0 <= x1 < x2 <= w, 0 <= y1 < y2 <= h of
         their image, scores (K,) in (0, 1], labels (K,) int64 in [0, C), sorted by decreasing score.
+    Raises:
+        ValueError naming the argument: a threshold or count out of range, NaN or inf in
+        cls_logits, box_deltas or ctr_logits, image_sizes that do not fit the input.
     """
     _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections)
+    _check_predictions_finite(predictions)
     cls_logits, box_deltas, ctr_logits = predictions.cls_logits, predictions.box_deltas, predictions.ctr_logits
     B, L, C = cls_logits.shape
     image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
@@ -125,6 +140,7 @@ def fcos_postprocess_per_image(predictions, score_thresh: float = 0.05, nms_thre
     fcos_postprocess is tested and benchmarked against.
     """
     _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections)
+    _check_predictions_finite(predictions)
     B, L, C = predictions.cls_logits.shape
     image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
     detections = []
@@ -202,36 +218,101 @@ def detect(model, images: torch.Tensor, targets=None, **postprocess_kwargs) -> l
     return detections
 
 
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+def image_files(paths, exclude=None) -> list[Path]:
+    """The image files that `paths` name: files as given, each folder replaced by the images in it.
+
+    A folder stands for every file under it, recursively, whose suffix is one of IMAGE_SUFFIXES
+    (any case): each folder's own files sorted by name, then its subfolders in name order.
+    Hidden files and folders (names starting with "."), symlinked folders and the folder
+    `exclude` (detect_files's output) are skipped. A file named twice is kept once.
+
+    Raises:
+        FileNotFoundError for a path that does not exist; ValueError for a folder with no image.
+    """
+    exclude = Path(exclude).resolve() if exclude is not None else None
+    files, seen = [], set()
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = []
+            for folder, subfolders, names in os.walk(path):  # top-down; never follows symlinked folders
+                subfolders[:] = sorted(d for d in subfolders
+                                       if not d.startswith(".") and Path(folder, d).resolve() != exclude)
+                found += [Path(folder, name) for name in sorted(names)
+                          if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise ValueError(f"folder {path} holds no image files (suffixes {', '.join(IMAGE_SUFFIXES)}); "
+                                 "pass image files or a folder that holds some")
+        elif path.exists():
+            found = [path]  # a file named on its own is tried whatever its suffix
+        else:
+            raise FileNotFoundError(f"image or folder {path} does not exist; check the path")
+        for file in found:
+            if file.resolve() not in seen:
+                seen.add(file.resolve())
+                files.append(file)
+    return files
+
+
+def _unique_output_name(stem: str, taken: set) -> str:
+    """`<stem>_detections.png`, or `<stem>_<k>_detections.png` with the smallest k >= 2 not in `taken`."""
+    name, k = f"{stem}_detections.png", 2
+    while name in taken:
+        name, k = f"{stem}_{k}_detections.png", k + 1
+    taken.add(name)
+    return name
+
+
 def detect_files(model, paths, out, class_names, image_size: int, score_thresh: float = 0.3,
-                 device="cpu") -> list[dict]:
-    """Detect objects in image files; write `<stem>_detections.png` per image and detections.json to `out`.
+                 device="cpu", progress: bool = False) -> dict:
+    """Detect objects in image files and folders; write an annotated PNG per image and detections.json to `out`.
 
     Args:
         model: a trained FCOS (eval mode is set inside `detect`).
-        paths: image files (JPEG, PNG, ...).
+        paths: image files (JPEG, PNG, ...) and folders of them (see image_files).
         out: output folder, created if needed.
         class_names: the C names of the model's classes (a checkpoint's "class_names").
         image_size: S, the square input the model was trained at (a checkpoint's config).
+        progress: show a progress bar over the files (tqdm.auto, on stderr).
     Returns:
-        one dict per image: image (path), width, height, detections [{box (x1, y1, x2, y2) in the
-        image's own pixels, score, label (a class name)}], best first.
+        what detections.json holds: {"images": [one dict per image read: image (its path),
+        output (the annotated PNG's name in `out`), width, height, detections [{box (x1, y1,
+        x2, y2) in the image's own pixels, score, label (a class name)}, best first]],
+        "failed": [{image, error} for each file that could not be read]}.
+
+    A file that cannot be read is skipped and listed under "failed"; detections.json is written
+    even when every file fails. Output names: `<stem>_detections.png`, or `<stem>_2_detections.png`,
+    `_3_`, ... when an earlier image of the run took that name, so no output overwrites another.
     """
     import matplotlib.pyplot as plt
+    from PIL import Image
+    from tqdm.auto import tqdm
 
     from fcos_lib.data import load_image
     from fcos_lib.drawing import draw_boxes
     from fcos_lib.transforms import letterbox
+    from fcos_lib.voc import DatasetError
 
     out = Path(out)
+    files = image_files(paths, exclude=out)  # a missing path stops here, before any work
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path in map(Path, paths):
-        image = load_image(path)  # clear DatasetError for a missing or unreadable file
-        tensor, meta = letterbox(image, image_size)
+    images, failed, taken = [], [], set()
+    bar = tqdm(files, desc="detect", unit="image", disable=not progress)
+    for path in bar:
+        try:
+            image = load_image(path)  # DatasetError naming the file when it cannot be read
+            tensor, meta = letterbox(image, image_size)
+        except (DatasetError, OSError, ValueError, Image.DecompressionBombError) as err:
+            failed.append({"image": str(path), "error": str(err)})
+            bar.set_postfix(failed=len(failed))
+            continue
         det = detect(model, tensor[None].to(device), [meta], score_thresh=score_thresh)[0]
         boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
-        results.append({
-            "image": str(path),
+        output = _unique_output_name(path.stem, taken)
+        images.append({
+            "image": str(path), "output": output,
             "width": image.width, "height": image.height,
             "detections": [
                 {"box": [round(v, 2) for v in b.tolist()], "score": round(float(s), 4), "label": class_names[int(c)]}
@@ -242,7 +323,8 @@ def detect_files(model, paths, out, class_names, image_size: int, score_thresh: 
         ax.imshow(image)
         ax.axis("off")
         draw_boxes(ax, boxes, labels, scores, class_names=class_names)
-        fig.savefig(out / f"{path.stem}_detections.png", dpi=100, bbox_inches="tight")
+        fig.savefig(out / output, dpi=100, bbox_inches="tight")
         plt.close(fig)
+    results = {"images": images, "failed": failed}
     (out / "detections.json").write_text(json.dumps(results, indent=2))
     return results

@@ -40,11 +40,28 @@ def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     return inter / (area1[:, None] + area2[None, :] - inter)
 
 
-def _check_nms_inputs(boxes: torch.Tensor, scores: torch.Tensor) -> None:
+def _check_nms_inputs(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> None:
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be (K, 4) (x1, y1, x2, y2); got shape {tuple(boxes.shape)}")
     if scores.shape != boxes.shape[:1]:
         raise ValueError(f"scores must be (K,) with K = {boxes.shape[0]} (one per box); got {tuple(scores.shape)}")
+    if not 0 <= iou_threshold <= 1:  # also False for NaN
+        raise ValueError(f"iou_threshold must be in [0, 1] (a box goes when its IoU with a better one is > this); "
+                         f"got {iou_threshold}; pass e.g. 0.5")
+    # The value checks cost one elementwise pass and one .any() (one GPU sync); which rule a bad
+    # row breaks is worked out only once we know there is one.
+    bad = (~torch.isfinite(boxes).all(dim=1) | ~torch.isfinite(scores)
+           | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))  # (K,)
+    if bad.any():
+        k = int(bad.nonzero()[0])
+        if not torch.isfinite(boxes[k]).all():
+            raise ValueError(f"boxes must be finite; got {boxes[k].tolist()} in row {k} of {len(boxes)}; "
+                             "drop or fix the NaN/inf rows (NaN outputs usually mean a diverged model)")
+        if not torch.isfinite(scores[k]):
+            raise ValueError(f"scores must be finite; got {scores[k].item()} at index {k} of {len(scores)}; "
+                             "drop or fix the NaN/inf scores (NaN outputs usually mean a diverged model)")
+        raise ValueError(f"boxes must be (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2; got {boxes[k].tolist()} "
+                         f"in row {k} of {len(boxes)}; convert (x, y, w, h) boxes to corners first")
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -53,11 +70,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     Args:
         boxes: (K, 4) (x1, y1, x2, y2).
         scores: (K,) higher is better. Equal scores: the lower index counts as better.
-        iou_threshold: a box is removed when its IoU with a kept, better box is > this.
+        iou_threshold: in [0, 1]; a box is removed when its IoU with a kept, better box is > this.
     Returns:
         (K_kept,) int64 indices into boxes, sorted by decreasing score (torchvision.ops.nms's contract).
+    Raises:
+        ValueError naming the argument: wrong shapes, NaN or inf in boxes or scores, a box with
+        x2 < x1 or y2 < y1, iou_threshold outside [0, 1].
     """
-    _check_nms_inputs(boxes, scores)
+    _check_nms_inputs(boxes, scores, iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)  # (K,) stable: ties keep index order
@@ -82,8 +102,10 @@ def class_specific_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
         iou_threshold: as in nms.
     Returns:
         (K_kept,) int64 indices, sorted by decreasing score (ties: lower index first).
+    Raises:
+        ValueError naming the argument, as nms, and for labels of another shape than scores.
     """
-    _check_nms_inputs(boxes, scores)
+    _check_nms_inputs(boxes, scores, iou_threshold)
     if labels.shape != scores.shape:
         raise ValueError(f"labels must be (K,) with K = {boxes.shape[0]}; got {tuple(labels.shape)}")
     if boxes.shape[0] == 0:

@@ -10,10 +10,12 @@ __all__ = ['plot_loss_curve', 'plot_detections', 'scalar_metrics', 'write_run_re
 
 import json
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from fcos_lib import __version__
 from fcos_lib.checkpoint import model_from_checkpoint
 from fcos_lib.config import TrainConfig, resolve_device
 from fcos_lib.data import VOCDataset, collate_detection
@@ -66,8 +68,13 @@ def scalar_metrics(metrics: dict, **extra) -> dict:
     return {**{k: metrics[k] for k in keep}, **extra}
 
 
-def write_run_report(cfg: TrainConfig, state: dict) -> dict:
-    """Evaluate the run's model on `cfg.val_split`; write metrics.json, loss_curve.png, detections.png."""
+def write_run_report(cfg: TrainConfig, state: dict, progress: bool = False) -> dict:
+    """Evaluate the run's model on `cfg.val_split`; write metrics.json, loss_curve.png, detections.png.
+
+    metrics.json holds the four mAP figures (null when the split has no ground truth), the
+    per-class APs, and what produced them: data folder, split, image size, iterations, training
+    speed, fcos_lib version and the date.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -79,11 +86,12 @@ def write_run_report(cfg: TrainConfig, state: dict) -> dict:
     model, _ = model_from_checkpoint(out / "last.pt", device)
     root, class_names = resolve_data(cfg)
     val_set = VOCDataset(root, cfg.val_split, class_names=class_names, image_size=cfg.image_size)
-    metrics = evaluate(model, val_set, device=device)
+    metrics = evaluate(model, val_set, device=device, progress=progress)
     seconds = max(state["train_seconds"], 1e-9)
     report = scalar_metrics(
-        metrics, split=cfg.val_split, iters=state["iteration"],
+        metrics, data=str(Path(root).resolve()), split=cfg.val_split, image_size=cfg.image_size, iters=state["iteration"],
         train_images_per_s=round(state["train_images"] / seconds, 2), train_seconds=round(seconds, 1),
+        fcos_lib_version=__version__, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
 

@@ -9,8 +9,9 @@ Box contract: (x1, y1, x2, y2) float, absolute 0-based pixels measured on pixel 
 0 <= x1 < x2 <= W, 0 <= y1 < y2 <= H. Letters: N boxes per image, C classes.
 """
 
-__all__ = ['DatasetError', 'VOC_CLASSES', 'parse_voc_annotation', 'check_voc_root', 'read_split', 'annotation_path', 'read_class_names', 'IMAGE_SUFFIXES', 'image_file', 'download_voc']
+__all__ = ['DatasetError', 'SKIPPABLE_KINDS', 'grouped_error', 'VOC_CLASSES', 'border_tolerance', 'parse_voc_annotation', 'check_voc_root', 'read_split', 'empty_split_error', 'split_sizes', 'annotation_path', 'read_class_names', 'IMAGE_SUFFIXES', 'image_file', 'download_voc']
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,8 +23,39 @@ from fcos_lib.env import default_data_dir, is_offline
 class DatasetError(ValueError):
     """A dataset folder, split file, annotation or image that cannot be used as given.
 
-    The message names the file, says what was found and how to fix it; the CLI prints it as one line.
+    The message names the file, says what was found and how to fix it; the CLI prints it. `kind`
+    groups problems of one sort ("broken box", "missing image", ...) and `file` names the file, so
+    that a check over thousands of files reports them all at once (see `grouped_error`);
+    `problems` holds the single errors when this error groups several.
     """
+
+    def __init__(self, message: str, kind: str | None = None, file=None, problems: list | None = None):
+        super().__init__(message)
+        self.kind, self.file, self.problems = kind, file, problems or [self]
+
+
+# Problems a --skip-bad-boxes run may skip (the image is left out, and reported), and the rest.
+SKIPPABLE_KINDS = ("broken box", "box outside the image")
+
+
+def grouped_error(problems: list, where: str, examples: int = 3) -> DatasetError:
+    """One DatasetError for many: one line per kind, with its count and the first few files.
+
+    A single problem keeps its own message, so a one-off mistake still reads as one line.
+    """
+    if len(problems) == 1:
+        return problems[0]
+    by_kind: dict[str, list] = {}
+    for problem in problems:
+        by_kind.setdefault(problem.kind or "other", []).append(problem)
+    lines = [f"{len(problems)} problems in {where}; all of them, grouped:"]
+    for kind, group in by_kind.items():
+        lines.append(f"  {len(group)} x {kind}: " + " | ".join(str(p) for p in group[:examples])
+                     + (f" | ... and {len(group) - examples} more" if len(group) > examples else ""))
+    if any(kind in SKIPPABLE_KINDS for kind in by_kind):
+        lines.append("  Fix the files, or pass --skip-bad-boxes (skip_bad_boxes=True) to leave the images "
+                     "with broken boxes out; each one is then reported.")
+    return DatasetError("\n".join(lines), kind="several", problems=list(problems))
 
 
 # The 20 PASCAL VOC classes, in the devkit's (alphabetical) order.
@@ -39,7 +71,8 @@ def _parse_xml(xml_path: Path) -> ET.Element:
         return ET.parse(xml_path).getroot()
     except ET.ParseError as err:
         raise DatasetError(
-            f"annotation {xml_path} is not valid XML ({err}); re-export it from your labelling tool"
+            f"annotation {xml_path} is not valid XML ({err}); re-export it from your labelling tool",
+            kind="invalid annotation", file=xml_path,
         ) from err
 
 
@@ -50,8 +83,13 @@ def _xml_number(node: ET.Element, tag: str, xml_path: Path) -> float:
     except (TypeError, ValueError):
         raise DatasetError(
             f"annotation {xml_path}: <{tag}> must be a number, got {text!r}; "
-            "fix the XML or re-export it"
+            "fix the XML or re-export it", kind="invalid annotation", file=xml_path,
         ) from None
+
+
+def border_tolerance(side: int) -> float:
+    """How far (px) a box may cross the border of an image side of `side` px and still be clipped."""
+    return max(2.0, 0.02 * side)
 
 
 def parse_voc_annotation(xml_path, class_names) -> dict:
@@ -59,61 +97,69 @@ def parse_voc_annotation(xml_path, class_names) -> dict:
 
     VOC stores 1-based inclusive pixel indices; we return edges: x1 = xmin - 1, y1 = ymin - 1,
     x2 = xmax, y2 = ymax, so the width x2 - x1 is the annotated pixel count and a full-image box
-    is (0, 0, W, H). A box overshooting the image by <= 1 px is clipped (exporters disagree on
-    0- or 1-based coordinates); beyond that it is an error.
+    is (0, 0, W, H). A box crossing the border by at most border_tolerance(side) is clipped to the
+    image; further out it is an error.
 
     Args:
         xml_path: path to the .xml file.
         class_names: the C class names; an object's label is the index of its name in this list.
     Returns:
         dict(boxes (N, 4) float32 xyxy 0-based image pixels, labels (N,) int64 in [0, C),
-        difficult (N,) bool, size (H, W) ints from <size>).
+        difficult (N,) bool, size (H, W) ints from <size>, clipped (N,) bool: boxes that crossed
+        the border and were clipped).
     Raises:
-        DatasetError naming the file: invalid XML, missing <size>, an unknown class name,
-        a box with x2 <= x1 or y2 <= y1, a box outside the image.
+        DatasetError naming the file and the object, with a `kind`: "invalid annotation" (bad XML,
+        no <size>, a field that is not a number), "unknown class", "broken box" (a non-finite
+        coordinate, no area), "box outside the image".
     """
     xml_path = Path(xml_path)
     root = _parse_xml(xml_path)
     size = root.find("size")
     if size is None:
-        raise DatasetError(f"annotation {xml_path} has no <size>; add <size><width>W</width><height>H</height></size>")
-    W, H = int(_xml_number(size, "width", xml_path)), int(_xml_number(size, "height", xml_path))
-    if W <= 0 or H <= 0:
-        raise DatasetError(f"annotation {xml_path}: <size> is {W} x {H}; write the image's real width and height")
+        raise DatasetError(f"annotation {xml_path} has no <size>; add <size><width>W</width><height>H</height></size>",
+                           kind="invalid annotation", file=xml_path)
+    W, H = (_xml_number(size, tag, xml_path) for tag in ("width", "height"))
+    if not (W == int(W) > 0 and H == int(H) > 0):
+        raise DatasetError(f"annotation {xml_path}: <size> is {W:g} x {H:g}; write the image's real width and height",
+                           kind="invalid annotation", file=xml_path)
+    W, H = int(W), int(H)
     class_names = list(class_names)
-    boxes, labels, difficult = [], [], []
+    boxes, labels, difficult, clipped = [], [], [], []
     for k, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
         if name not in class_names:
             raise DatasetError(
                 f"annotation {xml_path}: object {k} has class name {name!r}, which is not one of the "
-                f"{len(class_names)} known classes {class_names}; pass class_names=None to read the "
-                "names from the annotations, or fix the name"
-            )
+                f"{len(class_names)} known classes {class_names}; fix the name, or list it in the classes "
+                "(--classes; leave it out to read the names from the annotations)",
+                kind="unknown class", file=xml_path)
         bndbox = obj.find("bndbox")
         if bndbox is None:
-            raise DatasetError(f"annotation {xml_path}: object {k} ({name}) has no <bndbox>; add one or delete the object")
+            raise DatasetError(f"annotation {xml_path}: object {k} ({name}) has no <bndbox>; add one or delete the object",
+                               kind="broken box", file=xml_path)
         xmin, ymin, xmax, ymax = (_xml_number(bndbox, t, xml_path) for t in ("xmin", "ymin", "xmax", "ymax"))
         x1, y1, x2, y2 = xmin - 1, ymin - 1, xmax, ymax  # 1-based inclusive indices -> 0-based edges
+        described = f"object {k} ({name}) xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise DatasetError(f"annotation {xml_path}: {described} has a coordinate that is not a finite number; "
+                               "fix or delete the object", kind="broken box", file=xml_path)
         if x2 <= x1 or y2 <= y1:
             raise DatasetError(
-                f"annotation {xml_path}: object {k} ({name}) is degenerate: xmin={xmin:g} ymin={ymin:g} "
-                f"xmax={xmax:g} ymax={ymax:g} gives (x1, y1, x2, y2)=({x1:g}, {y1:g}, {x2:g}, {y2:g}), "
-                "but a box needs x2 > x1 and y2 > y1; fix or delete the object"
-            )
-        if x1 < -1 or y1 < -1 or x2 > W + 1 or y2 > H + 1:
+                f"annotation {xml_path}: {described} is degenerate: it gives (x1, y1, x2, y2)=({x1:g}, {y1:g}, "
+                f"{x2:g}, {y2:g}), but a box needs x2 > x1 and y2 > y1; fix or delete the object",
+                kind="broken box", file=xml_path)
+        tol_x, tol_y = border_tolerance(W), border_tolerance(H)
+        if x1 < -tol_x or y1 < -tol_y or x2 > W + tol_x or y2 > H + tol_y:
             raise DatasetError(
-                f"annotation {xml_path}: object {k} ({name}) box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} "
-                f"ymax={ymax:g} lies outside the {W} x {H} image (1-based: 1 <= xmin, xmax <= {W}, "
-                f"1 <= ymin, ymax <= {H}); fix the box or the <size>"
-            )
-        x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(W)), min(y2, float(H))
-        if x2 <= x1 or y2 <= y1:  # the box lived only in the one-pixel overshoot
-            raise DatasetError(
-                f"annotation {xml_path}: object {k} ({name}) is empty once clipped to the {W} x {H} image; "
-                "fix or delete the object"
-            )
-        boxes.append([x1, y1, x2, y2])
+                f"annotation {xml_path}: {described} lies outside the {W} x {H} image by more than the "
+                f"{tol_x:g} x {tol_y:g} px tolerance (1-based: 1 <= xmin, xmax <= {W}, 1 <= ymin, ymax <= {H}); "
+                "fix the box or the <size>, or check the image's rotation", kind="box outside the image", file=xml_path)
+        inside = (max(x1, 0.0), max(y1, 0.0), min(x2, float(W)), min(y2, float(H)))
+        if inside[2] <= inside[0] or inside[3] <= inside[1]:  # the box lived only beyond the border
+            raise DatasetError(f"annotation {xml_path}: {described} is empty once clipped to the {W} x {H} image; "
+                               "fix or delete the object", kind="broken box", file=xml_path)
+        boxes.append(list(inside))
+        clipped.append(inside != (x1, y1, x2, y2))
         labels.append(class_names.index(name))
         difficult.append(int(_xml_number(obj, "difficult", xml_path)) if obj.find("difficult") is not None else 0)
     return {
@@ -121,6 +167,7 @@ def parse_voc_annotation(xml_path, class_names) -> dict:
         "labels": torch.tensor(labels, dtype=torch.int64),  # (N,)
         "difficult": torch.tensor(difficult, dtype=torch.bool),  # (N,)
         "size": (H, W),
+        "clipped": torch.tensor(clipped, dtype=torch.bool),  # (N,)
     }
 
 
@@ -141,16 +188,37 @@ def check_voc_root(root) -> Path:
 
 
 def read_split(root: Path, split: str) -> list[str]:
-    """The image ids listed in root/ImageSets/Main/<split>.txt (first word of each non-empty line)."""
+    """The image ids listed in root/ImageSets/Main/<split>.txt (first word of each non-empty line).
+
+    The file is read as UTF-8 with an optional byte-order mark (Windows tools write one) and any
+    line ending; an empty file gives [] (VOCDataset refuses an empty split).
+    """
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
-        # VOC also has per-class files (dog_train.txt); list only the plain splits.
-        splits = sorted(p.stem for p in split_file.parent.glob("*.txt") if "_" not in p.stem)
         raise DatasetError(
             f"split={split!r}: {split_file} does not exist; the splits in {split_file.parent} are "
-            f"{splits}. Pass one of them, or write {split}.txt with one image id per line."
+            f"{list(split_sizes(root))}. Pass one of them, or write {split}.txt with one image id per line.",
+            kind="missing split", file=split_file,
         )
-    return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    text = split_file.read_bytes().decode("utf-8-sig", errors="replace")
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def empty_split_error(root: Path, split: str) -> DatasetError:
+    """The error for a split file that lists no image ids, naming the splits that do."""
+    return DatasetError(
+        f"split {split!r} is empty: {root}/ImageSets/Main/{split}.txt lists no image ids; the splits "
+        f"with images are {[s for s, n in split_sizes(root).items() if n]}. Pass one of them "
+        "(for validation: --val-split NAME), or list ids in the file.", kind="empty split", file=root)
+
+
+def split_sizes(root: Path) -> dict[str, int]:
+    """{split: number of image ids} for the plain split files in root/ImageSets/Main.
+
+    VOC also has per-class files (dog_train.txt); they are left out.
+    """
+    folder = Path(root) / "ImageSets" / "Main"
+    return {p.stem: len(read_split(root, p.stem)) for p in sorted(folder.glob("*.txt")) if "_" not in p.stem}
 
 
 def annotation_path(root: Path, split: str, image_id: str) -> Path:
@@ -159,7 +227,7 @@ def annotation_path(root: Path, split: str, image_id: str) -> Path:
     if not xml_path.is_file():
         raise DatasetError(
             f"ImageSets/Main/{split}.txt lists image id {image_id!r}, but {xml_path} does not exist; "
-            f"restore the annotation or remove the id from {split}.txt"
+            f"restore the annotation or remove the id from {split}.txt", kind="missing annotation", file=xml_path,
         )
     return xml_path
 
@@ -171,15 +239,21 @@ def read_class_names(root, split: str = "trainval") -> list[str]:
     """
     root = check_voc_root(root)
     names = set()
-    for image_id in read_split(root, split):
-        for obj in _parse_xml(annotation_path(root, split, image_id)).findall("object"):
-            names.add((obj.findtext("name") or "").strip())
+    image_ids = read_split(root, split)
+    if not image_ids:
+        raise empty_split_error(root, split)
+    for image_id in image_ids:
+        try:
+            objects = _parse_xml(annotation_path(root, split, image_id)).findall("object")
+        except DatasetError:
+            continue  # a missing or broken file: VOCDataset reports it, with all the others
+        names.update((obj.findtext("name") or "").strip() for obj in objects)
     names.discard("")
     if not names:
         raise DatasetError(
-            f"read_class_names: the annotations of split={split!r} in {root} hold no objects; "
-            "pass class_names explicitly"
-        )
+            f"the annotations of split {split!r} in {root} hold no objects, so the class names cannot be read "
+            "from them; pass the names (--classes a,b on the command line, class_names=[...] in Python)",
+            kind="no objects")
     return sorted(names)
 
 
@@ -198,7 +272,7 @@ def image_file(root: Path, split: str, image_id: str, xml_path: Path) -> Path:
         raise DatasetError(
             f"{xml_path.name} has no image: looked for {image_id}.jpg (or .png, .jpeg) and "
             f"{filename or 'its <filename>'} in {folder}; add the image or remove {image_id!r} "
-            f"from ImageSets/Main/{split}.txt"
+            f"from ImageSets/Main/{split}.txt", kind="missing image", file=xml_path,
         )
     return found
 

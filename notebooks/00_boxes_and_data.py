@@ -84,6 +84,7 @@ here to the course's box contract.
 Box contract: (x1, y1, x2, y2) float, absolute 0-based pixels measured on pixel edges,
 0 <= x1 < x2 <= W, 0 <= y1 < y2 <= H. Letters: N boxes per image, C classes.
 """
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -95,8 +96,39 @@ from fcos_lib.env import default_data_dir, is_offline
 class DatasetError(ValueError):
     """A dataset folder, split file, annotation or image that cannot be used as given.
 
-    The message names the file, says what was found and how to fix it; the CLI prints it as one line.
+    The message names the file, says what was found and how to fix it; the CLI prints it. `kind`
+    groups problems of one sort ("broken box", "missing image", ...) and `file` names the file, so
+    that a check over thousands of files reports them all at once (see `grouped_error`);
+    `problems` holds the single errors when this error groups several.
     """
+
+    def __init__(self, message: str, kind: str | None = None, file=None, problems: list | None = None):
+        super().__init__(message)
+        self.kind, self.file, self.problems = kind, file, problems or [self]
+
+
+# Problems a --skip-bad-boxes run may skip (the image is left out, and reported), and the rest.
+SKIPPABLE_KINDS = ("broken box", "box outside the image")
+
+
+def grouped_error(problems: list, where: str, examples: int = 3) -> DatasetError:
+    """One DatasetError for many: one line per kind, with its count and the first few files.
+
+    A single problem keeps its own message, so a one-off mistake still reads as one line.
+    """
+    if len(problems) == 1:
+        return problems[0]
+    by_kind: dict[str, list] = {}
+    for problem in problems:
+        by_kind.setdefault(problem.kind or "other", []).append(problem)
+    lines = [f"{len(problems)} problems in {where}; all of them, grouped:"]
+    for kind, group in by_kind.items():
+        lines.append(f"  {len(group)} x {kind}: " + " | ".join(str(p) for p in group[:examples])
+                     + (f" | ... and {len(group) - examples} more" if len(group) > examples else ""))
+    if any(kind in SKIPPABLE_KINDS for kind in by_kind):
+        lines.append("  Fix the files, or pass --skip-bad-boxes (skip_bad_boxes=True) to leave the images "
+                     "with broken boxes out; each one is then reported.")
+    return DatasetError("\n".join(lines), kind="several", problems=list(problems))
 
 
 # The 20 PASCAL VOC classes, in the devkit's (alphabetical) order.
@@ -152,9 +184,15 @@ EXAMPLE_XML = """<annotation>
 
 # %% [markdown]
 # The parser checks every box on the way in, because a bad box found here costs one line of
-# error, while a bad box found in the loss costs a NaN three chapters later. One tolerance:
-# exporters disagree on 0- or 1-based coordinates (LabelImg and CVAT can write `xmin=0`), so a
-# box that overshoots the image by at most one pixel is clipped; more than that is an error.
+# error, while a bad box found in the loss costs a NaN three chapters later.
+#
+# One tolerance, because real exports need it: a box may cross the image border **a little**, and
+# is then clipped to the image. "A little" is 2 % of that side of the image, and at least 2 px
+# (`border_tolerance`). Annotators drag boxes to the edge and overshoot by a pixel or two, and
+# exporters disagree on 0- or 1-based coordinates (LabelImg and CVAT can write `xmin=0`); a public
+# 4,000-photo LabelImg export has 48 files like that. A box further out is not an overshoot: the
+# box, the `<size>` or the image's rotation is wrong, and the parser says so. A box with a `nan`
+# coordinate, or with no area (inverted, or empty once clipped), is refused the same way.
 
 # %%
 #| export voc
@@ -163,7 +201,8 @@ def _parse_xml(xml_path: Path) -> ET.Element:
         return ET.parse(xml_path).getroot()
     except ET.ParseError as err:
         raise DatasetError(
-            f"annotation {xml_path} is not valid XML ({err}); re-export it from your labelling tool"
+            f"annotation {xml_path} is not valid XML ({err}); re-export it from your labelling tool",
+            kind="invalid annotation", file=xml_path,
         ) from err
 
 
@@ -174,8 +213,13 @@ def _xml_number(node: ET.Element, tag: str, xml_path: Path) -> float:
     except (TypeError, ValueError):
         raise DatasetError(
             f"annotation {xml_path}: <{tag}> must be a number, got {text!r}; "
-            "fix the XML or re-export it"
+            "fix the XML or re-export it", kind="invalid annotation", file=xml_path,
         ) from None
+
+
+def border_tolerance(side: int) -> float:
+    """How far (px) a box may cross the border of an image side of `side` px and still be clipped."""
+    return max(2.0, 0.02 * side)
 
 
 def parse_voc_annotation(xml_path, class_names) -> dict:
@@ -183,61 +227,69 @@ def parse_voc_annotation(xml_path, class_names) -> dict:
 
     VOC stores 1-based inclusive pixel indices; we return edges: x1 = xmin - 1, y1 = ymin - 1,
     x2 = xmax, y2 = ymax, so the width x2 - x1 is the annotated pixel count and a full-image box
-    is (0, 0, W, H). A box overshooting the image by <= 1 px is clipped (exporters disagree on
-    0- or 1-based coordinates); beyond that it is an error.
+    is (0, 0, W, H). A box crossing the border by at most border_tolerance(side) is clipped to the
+    image; further out it is an error.
 
     Args:
         xml_path: path to the .xml file.
         class_names: the C class names; an object's label is the index of its name in this list.
     Returns:
         dict(boxes (N, 4) float32 xyxy 0-based image pixels, labels (N,) int64 in [0, C),
-        difficult (N,) bool, size (H, W) ints from <size>).
+        difficult (N,) bool, size (H, W) ints from <size>, clipped (N,) bool: boxes that crossed
+        the border and were clipped).
     Raises:
-        DatasetError naming the file: invalid XML, missing <size>, an unknown class name,
-        a box with x2 <= x1 or y2 <= y1, a box outside the image.
+        DatasetError naming the file and the object, with a `kind`: "invalid annotation" (bad XML,
+        no <size>, a field that is not a number), "unknown class", "broken box" (a non-finite
+        coordinate, no area), "box outside the image".
     """
     xml_path = Path(xml_path)
     root = _parse_xml(xml_path)
     size = root.find("size")
     if size is None:
-        raise DatasetError(f"annotation {xml_path} has no <size>; add <size><width>W</width><height>H</height></size>")
-    W, H = int(_xml_number(size, "width", xml_path)), int(_xml_number(size, "height", xml_path))
-    if W <= 0 or H <= 0:
-        raise DatasetError(f"annotation {xml_path}: <size> is {W} x {H}; write the image's real width and height")
+        raise DatasetError(f"annotation {xml_path} has no <size>; add <size><width>W</width><height>H</height></size>",
+                           kind="invalid annotation", file=xml_path)
+    W, H = (_xml_number(size, tag, xml_path) for tag in ("width", "height"))
+    if not (W == int(W) > 0 and H == int(H) > 0):
+        raise DatasetError(f"annotation {xml_path}: <size> is {W:g} x {H:g}; write the image's real width and height",
+                           kind="invalid annotation", file=xml_path)
+    W, H = int(W), int(H)
     class_names = list(class_names)
-    boxes, labels, difficult = [], [], []
+    boxes, labels, difficult, clipped = [], [], [], []
     for k, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
         if name not in class_names:
             raise DatasetError(
                 f"annotation {xml_path}: object {k} has class name {name!r}, which is not one of the "
-                f"{len(class_names)} known classes {class_names}; pass class_names=None to read the "
-                "names from the annotations, or fix the name"
-            )
+                f"{len(class_names)} known classes {class_names}; fix the name, or list it in the classes "
+                "(--classes; leave it out to read the names from the annotations)",
+                kind="unknown class", file=xml_path)
         bndbox = obj.find("bndbox")
         if bndbox is None:
-            raise DatasetError(f"annotation {xml_path}: object {k} ({name}) has no <bndbox>; add one or delete the object")
+            raise DatasetError(f"annotation {xml_path}: object {k} ({name}) has no <bndbox>; add one or delete the object",
+                               kind="broken box", file=xml_path)
         xmin, ymin, xmax, ymax = (_xml_number(bndbox, t, xml_path) for t in ("xmin", "ymin", "xmax", "ymax"))
         x1, y1, x2, y2 = xmin - 1, ymin - 1, xmax, ymax  # 1-based inclusive indices -> 0-based edges
+        described = f"object {k} ({name}) xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise DatasetError(f"annotation {xml_path}: {described} has a coordinate that is not a finite number; "
+                               "fix or delete the object", kind="broken box", file=xml_path)
         if x2 <= x1 or y2 <= y1:
             raise DatasetError(
-                f"annotation {xml_path}: object {k} ({name}) is degenerate: xmin={xmin:g} ymin={ymin:g} "
-                f"xmax={xmax:g} ymax={ymax:g} gives (x1, y1, x2, y2)=({x1:g}, {y1:g}, {x2:g}, {y2:g}), "
-                "but a box needs x2 > x1 and y2 > y1; fix or delete the object"
-            )
-        if x1 < -1 or y1 < -1 or x2 > W + 1 or y2 > H + 1:
+                f"annotation {xml_path}: {described} is degenerate: it gives (x1, y1, x2, y2)=({x1:g}, {y1:g}, "
+                f"{x2:g}, {y2:g}), but a box needs x2 > x1 and y2 > y1; fix or delete the object",
+                kind="broken box", file=xml_path)
+        tol_x, tol_y = border_tolerance(W), border_tolerance(H)
+        if x1 < -tol_x or y1 < -tol_y or x2 > W + tol_x or y2 > H + tol_y:
             raise DatasetError(
-                f"annotation {xml_path}: object {k} ({name}) box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} "
-                f"ymax={ymax:g} lies outside the {W} x {H} image (1-based: 1 <= xmin, xmax <= {W}, "
-                f"1 <= ymin, ymax <= {H}); fix the box or the <size>"
-            )
-        x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(W)), min(y2, float(H))
-        if x2 <= x1 or y2 <= y1:  # the box lived only in the one-pixel overshoot
-            raise DatasetError(
-                f"annotation {xml_path}: object {k} ({name}) is empty once clipped to the {W} x {H} image; "
-                "fix or delete the object"
-            )
-        boxes.append([x1, y1, x2, y2])
+                f"annotation {xml_path}: {described} lies outside the {W} x {H} image by more than the "
+                f"{tol_x:g} x {tol_y:g} px tolerance (1-based: 1 <= xmin, xmax <= {W}, 1 <= ymin, ymax <= {H}); "
+                "fix the box or the <size>, or check the image's rotation", kind="box outside the image", file=xml_path)
+        inside = (max(x1, 0.0), max(y1, 0.0), min(x2, float(W)), min(y2, float(H)))
+        if inside[2] <= inside[0] or inside[3] <= inside[1]:  # the box lived only beyond the border
+            raise DatasetError(f"annotation {xml_path}: {described} is empty once clipped to the {W} x {H} image; "
+                               "fix or delete the object", kind="broken box", file=xml_path)
+        boxes.append(list(inside))
+        clipped.append(inside != (x1, y1, x2, y2))
         labels.append(class_names.index(name))
         difficult.append(int(_xml_number(obj, "difficult", xml_path)) if obj.find("difficult") is not None else 0)
     return {
@@ -245,6 +297,7 @@ def parse_voc_annotation(xml_path, class_names) -> dict:
         "labels": torch.tensor(labels, dtype=torch.int64),  # (N,)
         "difficult": torch.tensor(difficult, dtype=torch.bool),  # (N,)
         "size": (H, W),
+        "clipped": torch.tensor(clipped, dtype=torch.bool),  # (N,)
     }
 
 # %%
@@ -608,16 +661,37 @@ def check_voc_root(root) -> Path:
 
 
 def read_split(root: Path, split: str) -> list[str]:
-    """The image ids listed in root/ImageSets/Main/<split>.txt (first word of each non-empty line)."""
+    """The image ids listed in root/ImageSets/Main/<split>.txt (first word of each non-empty line).
+
+    The file is read as UTF-8 with an optional byte-order mark (Windows tools write one) and any
+    line ending; an empty file gives [] (VOCDataset refuses an empty split).
+    """
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
-        # VOC also has per-class files (dog_train.txt); list only the plain splits.
-        splits = sorted(p.stem for p in split_file.parent.glob("*.txt") if "_" not in p.stem)
         raise DatasetError(
             f"split={split!r}: {split_file} does not exist; the splits in {split_file.parent} are "
-            f"{splits}. Pass one of them, or write {split}.txt with one image id per line."
+            f"{list(split_sizes(root))}. Pass one of them, or write {split}.txt with one image id per line.",
+            kind="missing split", file=split_file,
         )
-    return [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    text = split_file.read_bytes().decode("utf-8-sig", errors="replace")
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def empty_split_error(root: Path, split: str) -> DatasetError:
+    """The error for a split file that lists no image ids, naming the splits that do."""
+    return DatasetError(
+        f"split {split!r} is empty: {root}/ImageSets/Main/{split}.txt lists no image ids; the splits "
+        f"with images are {[s for s, n in split_sizes(root).items() if n]}. Pass one of them "
+        "(for validation: --val-split NAME), or list ids in the file.", kind="empty split", file=root)
+
+
+def split_sizes(root: Path) -> dict[str, int]:
+    """{split: number of image ids} for the plain split files in root/ImageSets/Main.
+
+    VOC also has per-class files (dog_train.txt); they are left out.
+    """
+    folder = Path(root) / "ImageSets" / "Main"
+    return {p.stem: len(read_split(root, p.stem)) for p in sorted(folder.glob("*.txt")) if "_" not in p.stem}
 
 
 def annotation_path(root: Path, split: str, image_id: str) -> Path:
@@ -626,7 +700,7 @@ def annotation_path(root: Path, split: str, image_id: str) -> Path:
     if not xml_path.is_file():
         raise DatasetError(
             f"ImageSets/Main/{split}.txt lists image id {image_id!r}, but {xml_path} does not exist; "
-            f"restore the annotation or remove the id from {split}.txt"
+            f"restore the annotation or remove the id from {split}.txt", kind="missing annotation", file=xml_path,
         )
     return xml_path
 
@@ -638,15 +712,21 @@ def read_class_names(root, split: str = "trainval") -> list[str]:
     """
     root = check_voc_root(root)
     names = set()
-    for image_id in read_split(root, split):
-        for obj in _parse_xml(annotation_path(root, split, image_id)).findall("object"):
-            names.add((obj.findtext("name") or "").strip())
+    image_ids = read_split(root, split)
+    if not image_ids:
+        raise empty_split_error(root, split)
+    for image_id in image_ids:
+        try:
+            objects = _parse_xml(annotation_path(root, split, image_id)).findall("object")
+        except DatasetError:
+            continue  # a missing or broken file: VOCDataset reports it, with all the others
+        names.update((obj.findtext("name") or "").strip() for obj in objects)
     names.discard("")
     if not names:
         raise DatasetError(
-            f"read_class_names: the annotations of split={split!r} in {root} hold no objects; "
-            "pass class_names explicitly"
-        )
+            f"the annotations of split {split!r} in {root} hold no objects, so the class names cannot be read "
+            "from them; pass the names (--classes a,b on the command line, class_names=[...] in Python)",
+            kind="no objects")
     return sorted(names)
 
 
@@ -665,7 +745,7 @@ def image_file(root: Path, split: str, image_id: str, xml_path: Path) -> Path:
         raise DatasetError(
             f"{xml_path.name} has no image: looked for {image_id}.jpg (or .png, .jpeg) and "
             f"{filename or 'its <filename>'} in {folder}; add the image or remove {image_id!r} "
-            f"from ImageSets/Main/{split}.txt"
+            f"from ImageSets/Main/{split}.txt", kind="missing image", file=xml_path,
         )
     return found
 
@@ -741,34 +821,81 @@ Letters: B images, N boxes per image, C classes, S the square network input side
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from fcos_lib.transforms import pad_square, resize_longest
-from fcos_lib.voc import (DatasetError, annotation_path, check_voc_root, image_file, parse_voc_annotation,
-                          read_class_names, read_split)
+from fcos_lib.voc import (SKIPPABLE_KINDS, DatasetError, annotation_path, check_voc_root, empty_split_error,
+                          grouped_error, image_file, parse_voc_annotation, read_class_names, read_split)
 
 
-def load_image(path) -> Image.Image:
-    """Open an image file as an RGB PIL image, with a clear error for a missing or unreadable file."""
+def load_image(path, upright: bool = True) -> Image.Image:
+    """Open an image file as an RGB PIL image, with a clear error for a missing or unreadable file.
+
+    upright=True applies the file's EXIF orientation (ImageOps.exif_transpose), so a phone photo
+    comes out the way every viewer shows it; upright=False keeps the stored pixel grid.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder, not an image file", kind="unreadable image", file=path)
     if not path.is_file():
-        raise DatasetError(f"image {path} does not exist; check the path")
+        raise DatasetError(f"image {path} does not exist; check the path", kind="missing image", file=path)
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unreadable/truncated files
+            im.load()  # decode now: a truncated file fails here, not later
+            return (ImageOps.exif_transpose(im) if upright else im).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's errors for bad files
         raise DatasetError(
             f"cannot read image {path} ({type(err).__name__}: {err}); re-export or replace the file, "
-            "or remove its id from the split file"
+            "or remove its id from the split file", kind="unreadable image", file=path,
         ) from err
 
 
-def _read_image(path: Path) -> torch.Tensor:
+# EXIF orientations 5-8 turn the picture by 90 degrees: width and height swap.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def annotated_frame(image_path: Path, xml_size: tuple[int, int], verify: bool = False) -> bool:
+    """Which pixel grid the annotator drew on: True = the upright photo (EXIF orientation applied).
+
+    A phone stores a portrait photo as landscape pixels plus an EXIF tag that says "turn me". Some
+    labelling tools show it turned, some do not, so the XML's <size> tells which frame its boxes
+    are in: the upright size -> upright, the stored size -> stored. A 180-degree or mirrored tag
+    keeps the size and the XML cannot tell; we take the upright frame, the one phones, browsers
+    and most tools show. Reads only the file header, unless `verify`: then the image is decoded
+    (at 1/8 scale for JPEG) so that a truncated file is found now.
+
+    Raises DatasetError ("unreadable image", "size mismatch") naming the file.
+    """
+    try:
+        with Image.open(image_path) as im:
+            stored = im.size  # (W, H) of the stored pixels
+            orientation = im.getexif().get(0x0112, 1)  # the EXIF Orientation tag
+            if verify:
+                im.draft("RGB", (max(1, stored[0] // 8), max(1, stored[1] // 8)))  # JPEG: decode at 1/8
+                im.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"cannot read image {image_path} ({type(err).__name__}: {err}); re-export or replace "
+                           "the file, or remove its id from the split file", kind="unreadable image",
+                           file=image_path) from err
+    upright = stored[::-1] if orientation in _QUARTER_TURNS else stored
+    H, W = xml_size
+    if (W, H) == upright:
+        return True
+    if (W, H) == stored:
+        return False
+    turned = f" ({upright[0]} x {upright[1]} after its EXIF orientation)" if upright != stored else ""
+    raise DatasetError(
+        f"image {image_path} is {stored[0]} x {stored[1]} (W x H){turned} but its annotation's <size> says "
+        f"{W} x {H}; fix the <size> or re-export", kind="size mismatch", file=image_path)
+
+
+def _read_image(path: Path, upright: bool = True) -> torch.Tensor:
     """Decode an image file to (3, H, W) uint8 RGB."""
-    return v2.functional.pil_to_tensor(load_image(path))
+    return v2.functional.pil_to_tensor(load_image(path, upright))
 
 
 class VOCDataset(Dataset):
@@ -777,15 +904,25 @@ class VOCDataset(Dataset):
     Args:
         root: folder with JPEGImages/, Annotations/, ImageSets/Main/<split>.txt.
         split: the split file's name ("train", "val", "trainval", "test", ...).
-        class_names: the C class names (label = index); None reads them from the annotations
-            of "trainval" (or of `split` when there is no trainval.txt), sorted.
+        class_names: the C class names (label = index), a list or tuple of str; None reads them
+            from the annotations of "trainval" (or of `split` when there is no trainval.txt), sorted.
         image_size: S, the square network input side; a multiple of 32.
         augment: random horizontal flips (training).
         in_memory: decode and resize every image once, in __init__, and keep it (uint8), so that
             a 2-vCPU machine keeps a GPU busy; about 3 * S * S bytes per image.
+        skip_bad_boxes: leave out the images whose annotation has a broken box (a non-finite
+            coordinate, no area, far outside the image) instead of refusing the split; each one
+            is listed in `skipped` (image id, reason).
+        verify_images: decode every image in __init__ (JPEGs at 1/8 scale), so that a truncated
+            or corrupt file is found before training; otherwise only the file headers are read.
+        progress: show a progress bar while the files are checked.
 
-    Every annotation is parsed and checked in __init__, so a bad file fails at once, not hours
-    into training. `annotations[i]` holds image i's boxes in image pixels (see parse_voc_annotation).
+    Every annotation and every image header is checked in __init__ (the image's size against the
+    XML's <size>, with its EXIF orientation: see annotated_frame), and all problems are reported
+    together in one DatasetError (see voc.grouped_error), so a bad file fails at once, not hours
+    into training. `annotations[i]` holds image i's boxes in image pixels (see
+    parse_voc_annotation); `num_clipped_boxes` counts the boxes that crossed the border a little
+    and were clipped.
 
     __getitem__(i) -> (image (3, S, S) float32 in [0, 1], target) with target = dict(
         boxes (N, 4) float32 xyxy in network-input pixels, labels (N,) int64,
@@ -794,12 +931,18 @@ class VOCDataset(Dataset):
     """
 
     def __init__(self, root, split: str = "train", class_names=None, image_size: int = 224,
-                 augment: bool = False, in_memory: bool = False):
+                 augment: bool = False, in_memory: bool = False, skip_bad_boxes: bool = False,
+                 verify_images: bool = False, progress: bool = False):
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32 (the stride of p5), got {image_size!r}")
+        if isinstance(class_names, str):
+            raise ValueError(f"class_names must be a list of names, got the string {class_names!r}; "
+                             f"for one class pass [{class_names!r}]")
         self.root = check_voc_root(root)
         self.split = split
-        self.image_ids = read_split(self.root, split)
+        image_ids = read_split(self.root, split)
+        if not image_ids:
+            raise empty_split_error(self.root, split)
         if class_names is None:
             has_trainval = (self.root / "ImageSets" / "Main" / "trainval.txt").is_file()
             class_names = read_class_names(self.root, "trainval" if has_trainval else split)
@@ -808,23 +951,44 @@ class VOCDataset(Dataset):
             raise ValueError(f"class_names must be a non-empty list of distinct names, got {self.class_names}")
         self.image_size = image_size
         self.augment = augment
-        self.annotations = [self._load_annotation(image_id) for image_id in self.image_ids]
+        self.annotations, self.skipped, problems = [], [], []
+        for image_id in tqdm(image_ids, desc=f"check {split}", disable=not progress, leave=False):
+            try:
+                self.annotations.append(self._load_annotation(image_id, verify_images))
+            except DatasetError as err:
+                if skip_bad_boxes and err.kind in SKIPPABLE_KINDS:
+                    self.skipped.append((image_id, str(err)))
+                else:
+                    problems.append(err)
+        if problems:
+            raise grouped_error(problems, f"split {split!r} of {self.root}")
+        if not self.annotations:
+            raise DatasetError(f"split {split!r}: every image was skipped for a broken box; fix the annotations",
+                               kind="empty split")
+        self.image_ids = [ann["image_id"] for ann in self.annotations]
+        self.num_clipped_boxes = sum(int(ann["clipped"].sum()) for ann in self.annotations)
         self._flip = v2.RandomHorizontalFlip(p=0.5)
-        self._cache = [self._load_resized(i) for i in range(len(self))] if in_memory else None
+        self._cache = None
+        if in_memory:
+            self._cache = [self._load_resized(i) for i in tqdm(range(len(self)), desc=f"load {split}",
+                                                                disable=not progress, leave=False)]
 
-    def _load_annotation(self, image_id: str) -> dict:
+    def _load_annotation(self, image_id: str, verify_image: bool = False) -> dict:
         xml_path = annotation_path(self.root, self.split, image_id)
         ann = parse_voc_annotation(xml_path, self.class_names)
-        return {"image_id": image_id, "image_path": image_file(self.root, self.split, image_id, xml_path), **ann}
+        path = image_file(self.root, self.split, image_id, xml_path)
+        upright = annotated_frame(path, ann["size"], verify=verify_image)
+        return {"image_id": image_id, "image_path": path, "upright": upright, **ann}
 
     def _load_resized(self, i: int):
         """Decode image i and scale its longest side to S: (image (3, h, w) uint8, boxes (N, 4))."""
         ann = self.annotations[i]
-        image = _read_image(ann["image_path"])  # (3, H, W) uint8
-        if tuple(image.shape[-2:]) != ann["size"]:
+        image = _read_image(ann["image_path"], ann["upright"])  # (3, H, W) uint8, in the annotated frame
+        if tuple(image.shape[-2:]) != ann["size"]:  # the file changed since __init__ checked it
             raise DatasetError(
                 f"image {ann['image_path']} is {image.shape[-1]} x {image.shape[-2]} (W x H) but its "
-                f"annotation's <size> says {ann['size'][1]} x {ann['size'][0]}; fix the <size> or re-export"
+                f"annotation's <size> says {ann['size'][1]} x {ann['size'][0]}; fix the <size> or re-export",
+                kind="size mismatch", file=ann["image_path"],
             )
         boxes = tv_tensors.BoundingBoxes(ann["boxes"], format="XYXY", canvas_size=ann["size"])
         return resize_longest(tv_tensors.Image(image), boxes, self.image_size)
@@ -1126,6 +1290,38 @@ bad_xml = EXAMPLE_XML.replace("<xmax>50</xmax>", "<xmax>0</xmax>")
 (example_dir / "bad.xml").write_text(bad_xml)
 show_error(parse_voc_annotation, example_dir / "bad.xml", ["cat", "dog"])
 show_error(parse_voc_annotation, example_dir / "example.xml", ["cat", "bird"])
+
+# %% [markdown]
+# A dataset does not stop at the first bad file: `VOCDataset` checks every annotation and every
+# image header, and reports all problems at once, grouped by kind with a count, so one run of the
+# check shows everything to fix. Here, a folder with a broken box and two missing images:
+
+# %%
+messy = example_dir / "messy_voc"
+for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+    (messy / sub).mkdir(parents=True)
+for image_id, xml in {"a": EXAMPLE_XML, "b": EXAMPLE_XML, "c": bad_xml}.items():
+    (messy / "Annotations" / f"{image_id}.xml").write_text(xml.replace("example.jpg", f"{image_id}.jpg"))
+Image.new("RGB", (200, 100)).save(messy / "JPEGImages" / "c.jpg")
+(messy / "ImageSets" / "Main" / "train.txt").write_text("a\nb\nc\n")
+show_error(VOCDataset, messy, "train", class_names=["cat", "dog"])
+
+# %% [markdown]
+# **Phone photos.** A phone stores a portrait photo as landscape pixels plus an EXIF tag that
+# says "turn me 90 degrees". Some labelling tools show the photo turned, some do not, so the boxes
+# can be in either frame. The XML's `<size>` tells which: the upright size means the upright
+# frame, the stored size the stored one (`annotated_frame`). `load_image` turns photos upright by
+# default, as every viewer does, so `detect` answers in the frame you see.
+
+# %%
+upright = Image.new("RGB", (200, 100), (90, 90, 90))
+exif = Image.Exif()
+exif[0x0112] = 6  # Orientation 6: the stored pixels must be turned 90 degrees clockwise
+upright.transpose(Image.Transpose.ROTATE_90).save(example_dir / "phone.jpg", exif=exif)
+with Image.open(example_dir / "phone.jpg") as stored:
+    print("stored pixels:", stored.size, "| as shown:", load_image(example_dir / "phone.jpg").size)
+print("XML says 200 x 100 -> upright frame:", annotated_frame(example_dir / "phone.jpg", (100, 200)))
+print("XML says 100 x 200 -> stored frame: ", annotated_frame(example_dir / "phone.jpg", (200, 100)))
 
 # %% [markdown]
 # ## A check you can trust

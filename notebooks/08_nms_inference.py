@@ -81,6 +81,11 @@ _ = torch.manual_seed(0)
 # the only loop is over the boxes we keep: take the first survivor, drop the later
 # survivors its row marks. With `K` candidates and `k` kept, that is `k` steps of tensor
 # work instead of `K²` Python comparisons.
+#
+# **Bad inputs fail loudly.** A NaN score sorts first and a NaN box overlaps nothing, so NMS
+# would quietly keep garbage; a box with `x2 < x1` has a negative area and a meaningless IoU;
+# an IoU threshold of 5 keeps everything. `_check_nms_inputs` refuses all of them with one
+# line naming the argument, at the cost of one elementwise pass and a single `.any()`.
 
 # %%
 #| export
@@ -122,11 +127,28 @@ def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     return inter / (area1[:, None] + area2[None, :] - inter)
 
 
-def _check_nms_inputs(boxes: torch.Tensor, scores: torch.Tensor) -> None:
+def _check_nms_inputs(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> None:
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be (K, 4) (x1, y1, x2, y2); got shape {tuple(boxes.shape)}")
     if scores.shape != boxes.shape[:1]:
         raise ValueError(f"scores must be (K,) with K = {boxes.shape[0]} (one per box); got {tuple(scores.shape)}")
+    if not 0 <= iou_threshold <= 1:  # also False for NaN
+        raise ValueError(f"iou_threshold must be in [0, 1] (a box goes when its IoU with a better one is > this); "
+                         f"got {iou_threshold}; pass e.g. 0.5")
+    # The value checks cost one elementwise pass and one .any() (one GPU sync); which rule a bad
+    # row breaks is worked out only once we know there is one.
+    bad = (~torch.isfinite(boxes).all(dim=1) | ~torch.isfinite(scores)
+           | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))  # (K,)
+    if bad.any():
+        k = int(bad.nonzero()[0])
+        if not torch.isfinite(boxes[k]).all():
+            raise ValueError(f"boxes must be finite; got {boxes[k].tolist()} in row {k} of {len(boxes)}; "
+                             "drop or fix the NaN/inf rows (NaN outputs usually mean a diverged model)")
+        if not torch.isfinite(scores[k]):
+            raise ValueError(f"scores must be finite; got {scores[k].item()} at index {k} of {len(scores)}; "
+                             "drop or fix the NaN/inf scores (NaN outputs usually mean a diverged model)")
+        raise ValueError(f"boxes must be (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2; got {boxes[k].tolist()} "
+                         f"in row {k} of {len(boxes)}; convert (x, y, w, h) boxes to corners first")
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
@@ -135,11 +157,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     Args:
         boxes: (K, 4) (x1, y1, x2, y2).
         scores: (K,) higher is better. Equal scores: the lower index counts as better.
-        iou_threshold: a box is removed when its IoU with a kept, better box is > this.
+        iou_threshold: in [0, 1]; a box is removed when its IoU with a kept, better box is > this.
     Returns:
         (K_kept,) int64 indices into boxes, sorted by decreasing score (torchvision.ops.nms's contract).
+    Raises:
+        ValueError naming the argument: wrong shapes, NaN or inf in boxes or scores, a box with
+        x2 < x1 or y2 < y1, iou_threshold outside [0, 1].
     """
-    _check_nms_inputs(boxes, scores)
+    _check_nms_inputs(boxes, scores, iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.argsort(scores, descending=True, stable=True)  # (K,) stable: ties keep index order
@@ -190,6 +215,22 @@ for name, (boxes, scores) in cases.items():
     print(f"{name:38s} kept {len(ours):4d} of {len(boxes):4d} | same as torchvision: {torch.equal(ours, theirs)}")
 
 # %% [markdown]
+# And the inputs NMS refuses, each with one line that names the argument:
+
+# %%
+refused = {
+    "NaN score": (example_boxes, torch.tensor([0.9, float("nan"), 0.7, 0.95]), 0.5),
+    "inf box": (torch.tensor([A, B, C, [20.0, 20, float("inf"), 30]]), example_scores, 0.5),
+    "x2 < x1": (torch.tensor([A, B, [14.0, 0, 4, 10], D]), example_scores, 0.5),
+    "threshold 5": (example_boxes, example_scores, 5),
+}
+for name, (boxes, scores, threshold) in refused.items():
+    try:
+        nms(boxes, scores, threshold)
+    except ValueError as err:
+        print(f"{name:12s} -> ValueError: {err}")
+
+# %% [markdown]
 # > **Pitfall (seed, ERRATA 7).** The seed's `nms` cannot run: it imports `iou` from a
 # > module that does not exist (`two_stage_detector`), then masks the 2-D IoU matrix with a
 # > 2-D mask of itself and indexes `boxes[:, mask]` (the wrong axis, and it never removes the
@@ -226,8 +267,10 @@ def class_specific_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
         iou_threshold: as in nms.
     Returns:
         (K_kept,) int64 indices, sorted by decreasing score (ties: lower index first).
+    Raises:
+        ValueError naming the argument, as nms, and for labels of another shape than scores.
     """
-    _check_nms_inputs(boxes, scores)
+    _check_nms_inputs(boxes, scores, iou_threshold)
     if labels.shape != scores.shape:
         raise ValueError(f"labels must be (K,) with K = {boxes.shape[0]}; got {tuple(labels.shape)}")
     if boxes.shape[0] == 0:
@@ -359,6 +402,11 @@ display(widgets.VBox([widgets.HBox([score_slider, iou_slider]), redrawn]))
 # **No in-place edits.** `sigmoid()` makes new tensors; the predictions the caller passed in
 # are left as they were.
 #
+# **No silent NaN.** A NaN logit sorts first in `topk` and then fails every comparison, so a
+# diverged model would simply "detect nothing". Both post-processing functions first check
+# that the three prediction tensors are finite (one `.all()` over the stacked results) and
+# name the tensor that is not; `nms_thresh` outside `[0, 1]` is refused too.
+#
 # > **Pitfall (seed, ERRATA 8).** The seed's `inference` handles one image only (it indexes
 # > `[0]` and ignores the rest of the batch) and calls `sigmoid_()` *in place* on the
 # > network's outputs: a second call on the same predictions applies the sigmoid twice, and
@@ -388,6 +436,7 @@ Dimension letters: B images, L locations (levels concatenated p3, p4, p5), L_l l
 level, C classes, K candidates. Boxes (x1, y1, x2, y2) in network-input pixels unless mapped back.
 """
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -405,6 +454,16 @@ def _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detec
     for name, value in {"topk_candidates": topk_candidates, "max_detections": max_detections}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+
+
+def _check_predictions_finite(predictions) -> None:
+    tensors = {"cls_logits": predictions.cls_logits, "box_deltas": predictions.box_deltas,
+               "ctr_logits": predictions.ctr_logits}
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])  # (3,) bool
+    if not finite.all():  # one sync for the three checks
+        name = list(tensors)[int((~finite).nonzero()[0])]
+        raise ValueError(f"predictions.{name} holds NaN or inf values, but the model's outputs must be finite; "
+                         "check the checkpoint (a diverged run gives NaN) and the input images")
 
 
 def _image_sizes_or_input(image_sizes, batch_size: int, input_size) -> list:
@@ -441,8 +500,12 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
     Returns:
         list of B dicts: boxes (K, 4) float32 with 0 <= x1 < x2 <= w, 0 <= y1 < y2 <= h of
         their image, scores (K,) in (0, 1], labels (K,) int64 in [0, C), sorted by decreasing score.
+    Raises:
+        ValueError naming the argument: a threshold or count out of range, NaN or inf in
+        cls_logits, box_deltas or ctr_logits, image_sizes that do not fit the input.
     """
     _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections)
+    _check_predictions_finite(predictions)
     cls_logits, box_deltas, ctr_logits = predictions.cls_logits, predictions.box_deltas, predictions.ctr_logits
     B, L, C = cls_logits.shape
     image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
@@ -490,6 +553,7 @@ def fcos_postprocess_per_image(predictions, score_thresh: float = 0.05, nms_thre
     fcos_postprocess is tested and benchmarked against.
     """
     _check_postprocess_args(score_thresh, nms_thresh, topk_candidates, max_detections)
+    _check_predictions_finite(predictions)
     B, L, C = predictions.cls_logits.shape
     image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
     detections = []
@@ -680,43 +744,120 @@ print("detect with the target:                             ",
 # %% [markdown]
 # ## Image files in, annotated images and JSON out
 #
-# What `python -m fcos_lib detect photo.jpg` runs: each file is read, letterboxed exactly as in
-# training (chapter 00's `letterbox`), detected with `detect` (which clips to the photo and maps
-# the boxes back to its pixels), and written out twice: drawn on the photo, and as numbers in
-# `detections.json`.
+# What `python -m fcos_lib detect photo.jpg photos/` runs: each file is read (chapter 00's
+# `load_image`), letterboxed exactly as in training (`letterbox`), detected with `detect`
+# (which clips to the photo and maps the boxes back to its pixels), and written out twice:
+# drawn on the photo, and as numbers in `detections.json`.
+#
+# A real folder of photos is messy, and a run over thousands of them must not be lost to one
+# of them. So:
+#
+# - **a folder means the images inside it** (`image_files`: recursively, by suffix, in sorted
+#   order, skipping hidden files and the output folder itself, so a second run does not
+#   detect on its own annotated images); a path that does not exist stops everything before
+#   any work;
+# - **a file that cannot be read** (0 bytes, truncated, not an image) is skipped and listed
+#   under `"failed"` with the reason; `detections.json` is written even when every file fails;
+# - **output names never collide**: `a/photo.jpg` and `b/photo.jpg` give `photo_detections.png`
+#   and `photo_2_detections.png`, and each entry of `"images"` records its `"output"`.
 
 # %%
 #| export inference
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+def image_files(paths, exclude=None) -> list[Path]:
+    """The image files that `paths` name: files as given, each folder replaced by the images in it.
+
+    A folder stands for every file under it, recursively, whose suffix is one of IMAGE_SUFFIXES
+    (any case): each folder's own files sorted by name, then its subfolders in name order.
+    Hidden files and folders (names starting with "."), symlinked folders and the folder
+    `exclude` (detect_files's output) are skipped. A file named twice is kept once.
+
+    Raises:
+        FileNotFoundError for a path that does not exist; ValueError for a folder with no image.
+    """
+    exclude = Path(exclude).resolve() if exclude is not None else None
+    files, seen = [], set()
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = []
+            for folder, subfolders, names in os.walk(path):  # top-down; never follows symlinked folders
+                subfolders[:] = sorted(d for d in subfolders
+                                       if not d.startswith(".") and Path(folder, d).resolve() != exclude)
+                found += [Path(folder, name) for name in sorted(names)
+                          if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise ValueError(f"folder {path} holds no image files (suffixes {', '.join(IMAGE_SUFFIXES)}); "
+                                 "pass image files or a folder that holds some")
+        elif path.exists():
+            found = [path]  # a file named on its own is tried whatever its suffix
+        else:
+            raise FileNotFoundError(f"image or folder {path} does not exist; check the path")
+        for file in found:
+            if file.resolve() not in seen:
+                seen.add(file.resolve())
+                files.append(file)
+    return files
+
+
+def _unique_output_name(stem: str, taken: set) -> str:
+    """`<stem>_detections.png`, or `<stem>_<k>_detections.png` with the smallest k >= 2 not in `taken`."""
+    name, k = f"{stem}_detections.png", 2
+    while name in taken:
+        name, k = f"{stem}_{k}_detections.png", k + 1
+    taken.add(name)
+    return name
+
+
 def detect_files(model, paths, out, class_names, image_size: int, score_thresh: float = 0.3,
-                 device="cpu") -> list[dict]:
-    """Detect objects in image files; write `<stem>_detections.png` per image and detections.json to `out`.
+                 device="cpu", progress: bool = False) -> dict:
+    """Detect objects in image files and folders; write an annotated PNG per image and detections.json to `out`.
 
     Args:
         model: a trained FCOS (eval mode is set inside `detect`).
-        paths: image files (JPEG, PNG, ...).
+        paths: image files (JPEG, PNG, ...) and folders of them (see image_files).
         out: output folder, created if needed.
         class_names: the C names of the model's classes (a checkpoint's "class_names").
         image_size: S, the square input the model was trained at (a checkpoint's config).
+        progress: show a progress bar over the files (tqdm.auto, on stderr).
     Returns:
-        one dict per image: image (path), width, height, detections [{box (x1, y1, x2, y2) in the
-        image's own pixels, score, label (a class name)}], best first.
+        what detections.json holds: {"images": [one dict per image read: image (its path),
+        output (the annotated PNG's name in `out`), width, height, detections [{box (x1, y1,
+        x2, y2) in the image's own pixels, score, label (a class name)}, best first]],
+        "failed": [{image, error} for each file that could not be read]}.
+
+    A file that cannot be read is skipped and listed under "failed"; detections.json is written
+    even when every file fails. Output names: `<stem>_detections.png`, or `<stem>_2_detections.png`,
+    `_3_`, ... when an earlier image of the run took that name, so no output overwrites another.
     """
     import matplotlib.pyplot as plt
+    from PIL import Image
+    from tqdm.auto import tqdm
 
     from fcos_lib.data import load_image
     from fcos_lib.drawing import draw_boxes
     from fcos_lib.transforms import letterbox
+    from fcos_lib.voc import DatasetError
 
     out = Path(out)
+    files = image_files(paths, exclude=out)  # a missing path stops here, before any work
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path in map(Path, paths):
-        image = load_image(path)  # clear DatasetError for a missing or unreadable file
-        tensor, meta = letterbox(image, image_size)
+    images, failed, taken = [], [], set()
+    bar = tqdm(files, desc="detect", unit="image", disable=not progress)
+    for path in bar:
+        try:
+            image = load_image(path)  # DatasetError naming the file when it cannot be read
+            tensor, meta = letterbox(image, image_size)
+        except (DatasetError, OSError, ValueError, Image.DecompressionBombError) as err:
+            failed.append({"image": str(path), "error": str(err)})
+            bar.set_postfix(failed=len(failed))
+            continue
         det = detect(model, tensor[None].to(device), [meta], score_thresh=score_thresh)[0]
         boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
-        results.append({
-            "image": str(path),
+        output = _unique_output_name(path.stem, taken)
+        images.append({
+            "image": str(path), "output": output,
             "width": image.width, "height": image.height,
             "detections": [
                 {"box": [round(v, 2) for v in b.tolist()], "score": round(float(s), 4), "label": class_names[int(c)]}
@@ -727,13 +868,17 @@ def detect_files(model, paths, out, class_names, image_size: int, score_thresh: 
         ax.imshow(image)
         ax.axis("off")
         draw_boxes(ax, boxes, labels, scores, class_names=class_names)
-        fig.savefig(out / f"{path.stem}_detections.png", dpi=100, bbox_inches="tight")
+        fig.savefig(out / output, dpi=100, bbox_inches="tight")
         plt.close(fig)
+    results = {"images": images, "failed": failed}
     (out / "detections.json").write_text(json.dumps(results, indent=2))
     return results
 
 # %% [markdown]
-# The three-box model on a photo file 224 wide and 112 tall: one detection, in the photo's pixels.
+# The three-box model on a folder holding a photo 224 wide and 112 tall, a `photo.png` in each
+# of two subfolders, an empty (0-byte) `broken.jpg`, and a text file: the text file is not an
+# image and is not taken, the broken file is listed as failed, the two `photo.png` get two
+# outputs, and each photo gives one detection in its own pixels.
 
 # %%
 import tempfile
@@ -742,10 +887,19 @@ from PIL import Image
 
 files_dir = Path(tempfile.mkdtemp())
 Image.new("RGB", (224, 112), (90, 90, 90)).save(files_dir / "wide.png")
-found = detect_files(ThreeBoxesModel(), [files_dir / "wide.png"], files_dir / "out", class_names=["shape"],
+for sub in ("a", "b"):
+    (files_dir / sub).mkdir()
+    Image.new("RGB", (448, 224), (90, 90, 90)).save(files_dir / sub / "photo.png")
+(files_dir / "broken.jpg").write_bytes(b"")
+(files_dir / "notes.txt").write_text("not an image")
+print([str(p.relative_to(files_dir)) for p in image_files([files_dir])])
+found = detect_files(ThreeBoxesModel(), [files_dir], files_dir / "out", class_names=["shape"],
                      image_size=224, score_thresh=0.05)
-print(found[0]["width"], found[0]["height"], found[0]["detections"])
+for item in found["images"]:
+    print(Path(item["image"]).relative_to(files_dir), "->", item["output"], item["width"], item["height"], item["detections"])
+print("failed:", [str(Path(f["image"]).relative_to(files_dir)) for f in found["failed"]])
 print(sorted(p.name for p in (files_dir / "out").iterdir()))
+print("detections.json holds the same:", json.loads((files_dir / "out" / "detections.json").read_text()) == found)
 
 # %% [markdown]
 # ## Final check

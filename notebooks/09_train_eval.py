@@ -83,6 +83,7 @@ GroupNorm, centre sampling, GIoU, flips, lr 0.02 with warm-up and cosine decay (
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,7 @@ class TrainConfig:
     val_split: str = "val"
     image_size: int = 224
     in_memory: bool = False          # decode + letterbox once, keep uint8 images in RAM
+    skip_bad_boxes: bool = False     # leave out (and report) images with a broken box, instead of refusing
     num_workers: int = 2
     # model
     pretrained_backbone: bool = False
@@ -125,15 +127,62 @@ class TrainConfig:
     # bookkeeping
     device: str = "auto"
     out: str = "runs/fcos"
-    checkpoint_every: int = 500
+    checkpoint_every: int = 100      # iterations between checkpoints ...
+    checkpoint_minutes: float = 2.0  # ... and at most this many minutes between them
     seed: int = 0
+
+    def __post_init__(self):
+        check_config(self)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# field -> (rule, test): every number and choice a run depends on, checked when the config is made.
+_CONFIG_RULES = {
+    "image_size": ("a positive multiple of 32 (the stride of p5)", lambda v: _is_int(v) and v > 0 and v % 32 == 0),
+    "iters": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "batch_size": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "num_workers": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "lr": ("a finite number > 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0),
+    "momentum": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1),
+    "weight_decay": ("a finite number >= 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
+    "warmup_iters": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "schedule": ("'cosine' or 'step'", lambda v: v in ("cosine", "step")),
+    "steps": ("fractions in (0, 1)", lambda v: all(isinstance(f, (int, float)) and 0 < f < 1 for f in v)),
+    "grad_clip": ("None or a finite number > 0", lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)),
+    "fpn_channels": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "num_convs": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "box_loss": ("'giou' or 'l1'", lambda v: v in ("giou", "l1")),
+    "center_sampling_radius": ("None or a finite number > 0", lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)),
+    "trainable_backbone_layers": ("None or an int in [0, 5]", lambda v: v is None or (_is_int(v) and 0 <= v <= 5)),
+    "checkpoint_every": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "checkpoint_minutes": ("a number > 0", lambda v: isinstance(v, (int, float)) and v > 0),
+    "seed": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "classes": ("None or a list of distinct class names", lambda v: v is None or (
+        not isinstance(v, str) and len(v) > 0 and all(isinstance(n, str) and n for n in v) and len(set(v)) == len(v))),
+}
+
+
+def check_config(cfg: "TrainConfig") -> None:
+    """Raise ValueError naming the first field of `cfg` outside its allowed range."""
+    for name, (allowed, ok) in _CONFIG_RULES.items():
+        value = getattr(cfg, name)
+        try:
+            fine = ok(value)
+        except TypeError:
+            fine = False
+        if not fine:
+            raise ValueError(f"TrainConfig.{name} must be {allowed}, got {value!r}")
+
+
 # Fields that may change between a run and its resume: where and how it runs, not what it learns.
-RESUMABLE_CHANGES = ("device", "out", "num_workers", "in_memory", "checkpoint_every", "val_split", "data")
+RESUMABLE_CHANGES = ("device", "out", "num_workers", "in_memory", "checkpoint_every", "checkpoint_minutes",
+                     "val_split", "data")
 
 
 def config_differences(saved: dict, cfg: TrainConfig) -> dict:
@@ -225,9 +274,14 @@ Letters: B images, N boxes per image (padded), H/W the input height and width.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
+import os
+import signal
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -242,7 +296,7 @@ from fcos_lib.config import TrainConfig, config_differences, resolve_device
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.model import check_finite_losses
-from fcos_lib.voc import DatasetError, read_class_names
+from fcos_lib.voc import DatasetError, grouped_error, read_class_names
 
 
 class IterationBatchSampler(Sampler):
@@ -510,19 +564,46 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
 # returns its three losses), stop with a clear message if a loss is NaN or infinite, backward,
 # clip the gradient norm, step. On CUDA the forward runs under `torch.autocast` (float16) with a
 # gradient scaler; on the CPU everything stays float32.
+#
+# Around it, what keeps a run from being lost:
+#
+# - **the run folder**: a new run refuses a folder that holds one (`resume=True` continues it,
+#   `overwrite=True` replaces it), and a lock file makes a second run on the same folder refuse
+#   at once (the operating system drops the lock when the process dies, even by `kill -9`);
+# - **checkpoints** every `checkpoint_every` iterations (100) and at least every
+#   `checkpoint_minutes` (2), so a hard kill loses minutes, not the run;
+# - **Ctrl-C and SIGTERM** (what `timeout` and job schedulers send) do not stop the iteration in
+#   the middle: the loop finishes it, saves, and raises `TrainingInterrupted`. Stopping between
+#   iterations keeps the weights, the optimiser, the schedule and the flip generator of one
+#   iteration together, so `--resume` continues bit for bit;
+# - **an error** mid-iteration (a NaN loss, out of memory) saves the last *finished* iteration,
+#   without the random draws of the failed one. A run that fails before its first step writes
+#   nothing.
 
 # %%
 #| export
 def resolve_data(cfg: TrainConfig) -> tuple[Path, list[str]]:
-    """The dataset folder and class names a config means (generating the course dataset if needed)."""
+    """The dataset folder and class names a config means (generating the course dataset if needed).
+
+    Class names: cfg.classes, or the sorted names found in the annotations of the training and
+    validation splits.
+    """
     root = Path(cfg.data) if cfg.data is not None else make_course_dataset()
     if not root.is_dir():
         raise DatasetError(
             f"dataset folder {str(root)!r} does not exist; pass a VOC-layout folder (with JPEGImages/, "
             "Annotations/, ImageSets/Main/), or leave --data out to use the generated course dataset"
         )
-    classes = list(cfg.classes) if cfg.classes else read_class_names(root, cfg.train_split)
-    return root, classes
+    if cfg.classes:
+        return root, list(cfg.classes)
+    # The classes of both splits: a class that only the validation images show must still have a
+    # label (it is learnt from nothing, and scored as missed), not stop the run.
+    names = set(read_class_names(root, cfg.train_split))
+    try:
+        names |= set(read_class_names(root, cfg.val_split))
+    except DatasetError:
+        pass  # a missing or empty val split: the pre-flight check reports it
+    return root, sorted(names)
 
 
 def dataset_fingerprint(dataset: VOCDataset) -> str:
@@ -565,6 +646,133 @@ def _check_resume(saved: dict, cfg: TrainConfig, class_names: list[str], fingerp
         )
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by a signal (Ctrl-C = SIGINT, or SIGTERM from a scheduler or `timeout`).
+
+    Raised after the checkpoint of the last finished iteration is saved; `signum` says which signal
+    (the command line exits with 128 + signum: 130 or 143).
+    """
+
+    def __init__(self, signum: int, iteration: int, path: Path):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after iteration {iteration}; "
+                         f"{path} holds it (continue with --resume)")
+        self.signum, self.iteration, self.path = signum, iteration, path
+
+
+@contextlib.contextmanager
+def _stop_at_step_boundary():
+    """Turn SIGINT and SIGTERM into a request to stop after the current iteration.
+
+    Yields a dict whose "signum" is set when a signal arrives. Stopping between iterations keeps
+    the weights, optimiser, schedule and random states of one finished iteration together, so a
+    resume continues exactly. A second signal stops at once (KeyboardInterrupt). Outside the main
+    thread (signals can only be caught there) nothing is changed.
+    """
+    request = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        if request["signum"] is not None:
+            raise KeyboardInterrupt  # asked twice: stop now
+        request["signum"] = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: Path):
+    """Hold an exclusive lock on `out`/.lock while a run writes there; a second run refuses at once.
+
+    The lock is the operating system's (fcntl.flock), so it is released when the process ends,
+    even by kill -9: a stale lock file never blocks a new run. (Without fcntl, e.g. on Windows,
+    nothing is locked.)
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(out / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            raise CheckpointError(f"{out} is in use by another training run ({owner}); wait for it to end, "
+                                  "or train into another --out folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_run_folder(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse a run folder that cannot be written, or that holds a run we would overwrite.
+
+    A new run into a folder with a last.pt needs resume (continue it) or overwrite (replace it).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {out} is a file, not a folder; pass a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise CheckpointError(f"cannot write to the run folder {out} ({err.strerror}); pass a writable --out") from None
+    last = out / "last.pt"
+    if resume and not last.is_file():
+        raise CheckpointError(f"--resume: {out} holds no run to continue (no last.pt); train without --resume")
+    if not resume and not overwrite and last.is_file():
+        raise CheckpointError(f"{out} already holds a run ({last}); pass --resume to continue it, --overwrite to "
+                              "replace it, or another --out folder")
+
+
+def preflight(cfg: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = False) -> list[str]:
+    """Check, before the first step, everything a run will need; return a short summary.
+
+    The run folder (writable, not another run's unless resume/overwrite), the device, and both
+    splits: every annotation, box and class, and every image decoded (JPEGs at 1/8 scale, so
+    thousands take seconds) with its size checked against its XML, EXIF orientation included.
+    All problems of both splits are raised together in one DatasetError, grouped by kind.
+
+    Returns:
+        lines for the user: images per split, images skipped (skip_bad_boxes), boxes clipped.
+    """
+    check_run_folder(Path(cfg.out), resume, overwrite)
+    resolve_device(cfg.device)
+    root, class_names = resolve_data(cfg)
+    problems, lines, clipped = [], [], 0
+    for role, split in (("train", cfg.train_split), ("val", cfg.val_split)):
+        try:
+            dataset = VOCDataset(root, split, class_names=class_names, image_size=cfg.image_size,
+                                 skip_bad_boxes=cfg.skip_bad_boxes, verify_images=True, progress=progress)
+        except DatasetError as err:
+            problems += err.problems
+            continue
+        clipped += dataset.num_clipped_boxes
+        lines.append(f"{role} split {split!r}: {len(dataset)} images")
+        for image_id, reason in dataset.skipped:
+            lines.append(f"  skipped {image_id}: {reason}")
+    if problems:
+        raise grouped_error(problems, f"{root} (splits {cfg.train_split!r} and {cfg.val_split!r})")
+    if clipped:
+        lines.append(f"{clipped} boxes crossed the image border by a little (2 % of the side, at least 2 px) "
+                     "and were clipped to the image")
+    return lines
+
+
 def _make_loader(dataset, sampler: IterationBatchSampler, cfg: TrainConfig, device: torch.device) -> DataLoader:
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_detection, num_workers=cfg.num_workers,
@@ -577,6 +785,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train FCOS as `cfg` says; return the final checkpoint state (also saved to `cfg.out`/last.pt).
 
@@ -587,11 +796,25 @@ def train(
         progress: show a tqdm progress bar with the running losses.
         stop_after: stop (and checkpoint) after this many iterations of *this call*, as if
             interrupted; used to test that resuming continues exactly.
+        overwrite: replace the run already in `cfg.out` (without it, a new run there is refused).
+
+    Checkpoints are written every `cfg.checkpoint_every` iterations, at least every
+    `cfg.checkpoint_minutes`, at the end, and when the run stops early: Ctrl-C or SIGTERM (after
+    the current iteration, then TrainingInterrupted), or an error (the last finished iteration is
+    saved, then the error is raised). A run that stops before its first iteration writes nothing.
     """
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
+    check_run_folder(out, resume, overwrite)
+    with run_folder_lock(out):
+        return _train_locked(cfg, device, out, resume, progress, stop_after)
+
+
+def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: bool, progress: bool,
+                  stop_after: int | None) -> dict:
     root, class_names = resolve_data(cfg)
-    dataset = VOCDataset(root, cfg.train_split, class_names=class_names, image_size=cfg.image_size, in_memory=cfg.in_memory)
+    dataset = VOCDataset(root, cfg.train_split, class_names=class_names, image_size=cfg.image_size,
+                         in_memory=cfg.in_memory, skip_bad_boxes=cfg.skip_bad_boxes, progress=progress)
     fingerprint = dataset_fingerprint(dataset)
 
     torch.manual_seed(cfg.seed)
@@ -614,12 +837,12 @@ def train(
         torch.set_rng_state(saved["rng"]["torch"])
         state = {k: saved[k] for k in ("iteration", "history", "train_seconds", "train_images")}
 
-    def checkpoint() -> dict:
+    def checkpoint(flip_state: torch.Tensor) -> dict:
         full = {
             **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "config": dataclasses.asdict(cfg), "class_names": class_names, "data_fingerprint": fingerprint,
-            "rng": {"flip": flip_generator.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"flip": flip_state, "torch": torch.get_rng_state()},
         }
         save_checkpoint(out / "last.pt", full)
         return full
@@ -629,42 +852,53 @@ def train(
     sampler = IterationBatchSampler(len(dataset), cfg.batch_size, end, start_iter=start, seed=cfg.seed)
     model.train()
     bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not progress)
-    tic = time.perf_counter()
-    try:
-        for images, gt_boxes, _ in _make_loader(dataset, sampler, cfg, device):
-            if cfg.hflip:
-                images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator)
-            images = images.to(device, non_blocking=True)
-            gt_boxes = gt_boxes.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                losses = model(images, gt_boxes)
-            check_finite_losses(losses)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+    tic = last_save = time.perf_counter()
+    flip_state = flip_generator.get_state()  # the flip generator as of the last finished iteration
+    final = None
+    with _stop_at_step_boundary() as stop:
+        try:
+            for images, gt_boxes, _ in _make_loader(dataset, sampler, cfg, device):
+                if cfg.hflip:
+                    images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator)
+                images = images.to(device, non_blocking=True)
+                gt_boxes = gt_boxes.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                    losses = model(images, gt_boxes)
+                check_finite_losses(losses)
+                loss = sum(losses.values())
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
 
-            state["iteration"] += 1
-            state["train_images"] += images.shape[0]
-            record = {k: round(v.detach().item(), 5) for k, v in losses.items()}
-            state["history"].append({"iteration": state["iteration"], **record, "lr": optimizer.param_groups[0]["lr"]})
-            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in record.items()}, refresh=False)
-            bar.update(1)
-            if state["iteration"] % cfg.checkpoint_every == 0:
-                state["train_seconds"] += time.perf_counter() - tic
-                tic = time.perf_counter()
-                checkpoint()
-    finally:
-        # Whatever happened (end, Ctrl-C, a bad loss), save what the run has learnt so far.
-        bar.close()
-        state["train_seconds"] += time.perf_counter() - tic
-        final = checkpoint()
-    return final
+                state["iteration"] += 1
+                state["train_images"] += images.shape[0]
+                flip_state = flip_generator.get_state()
+                record = {k: round(v.detach().item(), 5) for k, v in losses.items()}
+                state["history"].append({"iteration": state["iteration"], **record, "lr": optimizer.param_groups[0]["lr"]})
+                bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in record.items()}, refresh=False)
+                bar.update(1)
+                if stop["signum"] is not None:
+                    break
+                if (state["iteration"] % cfg.checkpoint_every == 0
+                        or time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes):
+                    state["train_seconds"] += time.perf_counter() - tic
+                    tic = last_save = time.perf_counter()
+                    checkpoint(flip_state)
+        finally:
+            # Whatever happened (the end, a signal, an error), save the last finished iteration, if
+            # this call finished one; the random draws of an interrupted iteration are not kept.
+            bar.close()
+            state["train_seconds"] += time.perf_counter() - tic
+            if state["iteration"] > start:
+                final = checkpoint(flip_state)
+        if stop["signum"] is not None and state["iteration"] < end:
+            raise TrainingInterrupted(stop["signum"], state["iteration"], out / "last.pt")
+    return final if final is not None else load_checkpoint(out / "last.pt")  # nothing was left to do
 
 
 # %% [markdown]
@@ -702,7 +936,7 @@ print("offline:", OFFLINE, "| iters:", cfg.iters, "| batch:", cfg.batch_size, "|
 
 # %% tags=["nbval-ignore-output"]
 torch.manual_seed(0)
-result = train(cfg)
+result = train(cfg, overwrite=True)  # overwrite: running the cell again starts the run again
 seconds = result["train_seconds"]
 print(f"{result['iteration']} iterations, {result['train_images'] / seconds:.1f} images/s")
 
@@ -723,10 +957,12 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from fcos_lib import __version__
 from fcos_lib.checkpoint import model_from_checkpoint
 from fcos_lib.config import TrainConfig, resolve_device
 from fcos_lib.data import VOCDataset, collate_detection
@@ -1451,8 +1687,13 @@ def scalar_metrics(metrics: dict, **extra) -> dict:
     return {**{k: metrics[k] for k in keep}, **extra}
 
 
-def write_run_report(cfg: TrainConfig, state: dict) -> dict:
-    """Evaluate the run's model on `cfg.val_split`; write metrics.json, loss_curve.png, detections.png."""
+def write_run_report(cfg: TrainConfig, state: dict, progress: bool = False) -> dict:
+    """Evaluate the run's model on `cfg.val_split`; write metrics.json, loss_curve.png, detections.png.
+
+    metrics.json holds the four mAP figures (null when the split has no ground truth), the
+    per-class APs, and what produced them: data folder, split, image size, iterations, training
+    speed, fcos_lib version and the date.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -1464,11 +1705,12 @@ def write_run_report(cfg: TrainConfig, state: dict) -> dict:
     model, _ = model_from_checkpoint(out / "last.pt", device)
     root, class_names = resolve_data(cfg)
     val_set = VOCDataset(root, cfg.val_split, class_names=class_names, image_size=cfg.image_size)
-    metrics = evaluate(model, val_set, device=device)
+    metrics = evaluate(model, val_set, device=device, progress=progress)
     seconds = max(state["train_seconds"], 1e-9)
     report = scalar_metrics(
-        metrics, split=cfg.val_split, iters=state["iteration"],
+        metrics, data=str(Path(root).resolve()), split=cfg.val_split, image_size=cfg.image_size, iters=state["iteration"],
         train_images_per_s=round(state["train_images"] / seconds, 2), train_seconds=round(seconds, 1),
+        fcos_lib_version=__version__, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
 

@@ -59,7 +59,7 @@ def test_evaluate_agrees_with_the_library(trained, tiny_data, tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(trained / "last.pt"), "--data", str(tiny_data),
                  "--split", "val", "--device", "cpu", "--out", str(tmp_path)]) == 0
     assert "mAP@0.5" in capsys.readouterr().out
-    printed = json.loads((tmp_path / "metrics.json").read_text())
+    printed = json.loads((tmp_path / "metrics_val.json").read_text())
     model, state = model_from_checkpoint(trained / "last.pt")
     library = evaluate(model, VOCDataset(tiny_data, "val", class_names=state["class_names"], image_size=64))
     assert printed["map50"] == library["map50"] and printed["map"] == library["map"]
@@ -76,7 +76,7 @@ def test_detect_writes_boxes_in_original_pixels(trained, tiny_data, tmp_path):
     assert main(["detect", "--checkpoint", str(trained / "last.pt"), str(tmp_path / "small.png"),
                  str(tmp_path / "large.png"), "--out", str(tmp_path / "found"), "--score-thresh", "0.0",
                  "--device", "cpu"]) == 0
-    results = json.loads((tmp_path / "found" / "detections.json").read_text())
+    results = json.loads((tmp_path / "found" / "detections.json").read_text())["images"]
     small, large = results
     assert (small["width"], small["height"], large["width"], large["height"]) == (128, 96, 256, 192)
     assert len(small["detections"]) > 0
@@ -111,7 +111,13 @@ def test_missing_val_split_names_existing_ones(capsys, tiny_data, tmp_path):
 def test_empty_split(capsys, tiny_data, tmp_path):
     data = copy_data(tiny_data, tmp_path / "voc")
     (data / "ImageSets" / "Main" / "train.txt").write_text("\n")
-    one_line_error(capsys, ["train", "--data", str(data), "--classes", "cross,star", "--out", str(tmp_path / "run"), *TINY])
+    err = one_line_error(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *TINY])
+    assert "split 'train' is empty" in err and "['trainval', 'val']" in err
+    # With other problems in the val split as well, all of them come at once, grouped by kind.
+    assert main(["train", "--data", str(data), "--classes", "cross,star", "--out", str(tmp_path / "run"), *TINY]) == 2
+    report = capsys.readouterr().err.strip().splitlines()
+    assert report[0].startswith("error: ") and "problems in" in report[0] and "Traceback" not in "".join(report)
+    assert any("x empty split" in line for line in report) and any("x unknown class" in line for line in report)
 
 
 def test_annotation_missing_on_disk(capsys, tiny_data, tmp_path):
@@ -124,8 +130,12 @@ def test_annotation_missing_on_disk(capsys, tiny_data, tmp_path):
 
 
 def test_unknown_class_in_annotation(capsys, tiny_data, tmp_path):
-    err = one_line_error(capsys, ["train", "--data", str(tiny_data), "--classes", "cross", "--out", str(tmp_path / "run"), *TINY])
-    assert "cross" in err
+    # Every file with another class is reported, in one grouped report (a count and the first few).
+    assert main(["train", "--data", str(tiny_data), "--classes", "cross", "--out", str(tmp_path / "run"), *TINY]) == 2
+    report = capsys.readouterr().err.strip().splitlines()
+    assert report[0].startswith("error: ") and "problems in" in report[0] and "Traceback" not in "".join(report)
+    assert len(report) == 2 and " x unknown class: " in report[1] and "['cross']" in report[1]
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_checkpoint_from_another_class_list(capsys, trained, tiny_data, tmp_path):

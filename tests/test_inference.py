@@ -281,3 +281,45 @@ def test_bad_image_sizes_give_clear_errors():
             fcos_postprocess(predictions, image_sizes=bad)
         with pytest.raises(ValueError, match=r"image_sizes must be"):
             fcos_postprocess_per_image(predictions, image_sizes=bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite predictions are refused with the tensor's name (a diverged model must not quietly
+# "detect nothing"); image_files turns folders into image files.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("field", ["cls_logits", "box_deltas", "ctr_logits"])
+@pytest.mark.parametrize("postprocess", [fcos_postprocess, fcos_postprocess_per_image])
+def test_non_finite_predictions_are_refused(postprocess, field, value):
+    predictions = hand_made_predictions(2)
+    bad = getattr(predictions, field).clone()
+    bad[1, 5, 0] = value
+    with pytest.raises(ValueError, match=rf"^predictions\.{field} holds NaN or inf values") as err:
+        postprocess(predictions._replace(**{field: bad}))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("postprocess", [fcos_postprocess, fcos_postprocess_per_image])
+def test_nms_thresh_outside_0_1_is_refused(postprocess):
+    with pytest.raises(ValueError, match=r"nms_thresh must be in \[0, 1\]; got 5"):
+        postprocess(hand_made_predictions(1), nms_thresh=5)
+
+
+def test_image_files_expands_folders(tmp_path):
+    from fcos_lib.inference import image_files
+
+    # root/z.jpg, root/a.PNG, root/sub/b.jpeg, root/.hidden/c.jpg, root/out/d.png, root/notes.txt
+    for name in ("z.jpg", "a.PNG", "sub/b.jpeg", ".hidden/c.jpg", "out/d.png", "notes.txt", "._e.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    files = image_files([tmp_path, tmp_path / "z.jpg", tmp_path / "notes.txt"], exclude=tmp_path / "out")
+    # Each folder's own files by name, then its subfolders; a file named twice is kept once; a
+    # file named on its own is taken whatever its suffix.
+    assert files == [tmp_path / "a.PNG", tmp_path / "z.jpg", tmp_path / "sub" / "b.jpeg", tmp_path / "notes.txt"]
+    with pytest.raises(FileNotFoundError, match="missing.jpg does not exist"):
+        image_files([tmp_path / "missing.jpg"])
+    (tmp_path / "texts" / ".thumbs").mkdir(parents=True)
+    (tmp_path / "texts" / "notes.txt").write_text("no image here")
+    (tmp_path / "texts" / ".thumbs" / "t.jpg").write_bytes(b"")  # hidden: not taken
+    with pytest.raises(ValueError, match="texts holds no image files"):
+        image_files([tmp_path / "texts"])

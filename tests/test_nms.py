@@ -109,3 +109,62 @@ def test_bad_inputs_give_clear_errors():
         nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
     with pytest.raises(ValueError, match=r"labels must be \(K,\)"):
         class_specific_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(2), 0.5)
+
+
+NAN, INF = float("nan"), float("inf")
+FOUR = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [4, 0, 14, 10], [20, 20, 30, 30]])
+FOUR_SCORES = torch.tensor([0.9, 0.8, 0.7, 0.95])
+
+
+def run_both(boxes, scores, threshold):
+    """Call nms and class_specific_nms; both must raise the same ValueError."""
+    messages = []
+    for fn, extra in ((nms, ()), (class_specific_nms, (torch.zeros(len(boxes), dtype=torch.int64),))):
+        with pytest.raises(ValueError) as err:
+            fn(boxes, scores, *extra, threshold)
+        assert "\n" not in str(err.value)  # one line
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    return messages[0]
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF])
+def test_non_finite_scores_are_refused(value):
+    # A NaN score sorts first: without the check, NMS would keep that box before every other.
+    scores = FOUR_SCORES.clone()
+    scores[2] = value
+    message = run_both(FOUR, scores, 0.5)
+    assert message.startswith("scores must be finite") and "index 2 of 4" in message
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF])
+def test_non_finite_boxes_are_refused(value):
+    boxes = FOUR.clone()
+    boxes[1, 2] = value
+    message = run_both(boxes, FOUR_SCORES, 0.5)
+    assert message.startswith("boxes must be finite") and "row 1 of 4" in message
+
+
+def test_boxes_with_x2_below_x1_or_y2_below_y1_are_refused():
+    for row in ([14.0, 0, 4, 10], [0.0, 10, 10, 0]):  # x2 < x1; y2 < y1
+        boxes = FOUR.clone()
+        boxes[3] = torch.tensor(row)
+        message = run_both(boxes, FOUR_SCORES, 0.5)
+        assert message.startswith("boxes must be (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2") and "row 3" in message
+    # Zero-area boxes (x1 == x2) are still allowed, as in torchvision.
+    assert nms(torch.tensor([[5.0, 5, 5, 5], [0, 0, 10, 10]]), torch.tensor([0.9, 0.8]), 0.5).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("threshold", [5, -0.1, 1.01, NAN])
+def test_iou_threshold_outside_0_1_is_refused(threshold):
+    message = run_both(FOUR, FOUR_SCORES, threshold)
+    assert message.startswith("iou_threshold must be in [0, 1]") and f"got {threshold}" in message
+    # ... even with no boxes at all: the call is wrong whatever the data.
+    with pytest.raises(ValueError, match=r"iou_threshold must be in \[0, 1\]"):
+        nms(torch.zeros(0, 4), torch.zeros(0), threshold)
+
+
+@pytest.mark.parametrize("threshold", [0, 1])
+def test_iou_threshold_bounds_are_allowed(threshold):
+    # 0: any overlap removes a box; 1: only IoU > 1 would, i.e. nothing (torchvision agrees).
+    assert torch.equal(nms(FOUR, FOUR_SCORES, threshold), torchvision.ops.nms(FOUR, FOUR_SCORES, threshold))
