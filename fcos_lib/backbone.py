@@ -30,6 +30,7 @@ from torchvision.models import RegNet_X_400MF_Weights
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from fcos_lib.checks import check_flag, check_int
 from fcos_lib.env import is_offline
 
 # Which stage of torchvision's RegNet gives which backbone level (stride 8, 16, 32).
@@ -53,8 +54,10 @@ def make_regnet_x_400mf(pretrained: bool = False, frozen_batchnorm: bool | None 
         frozen_batchnorm: build every norm layer as torchvision's FrozenBatchNorm2d (fixed
             statistics and affine, all buffers) instead of BatchNorm2d; None = same as pretrained.
     """
+    check_flag(pretrained, "pretrained")
     if frozen_batchnorm is None:
         frozen_batchnorm = pretrained
+    check_flag(frozen_batchnorm, "frozen_batchnorm")
     norm_layer = FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d
     regnet = torchvision.models.regnet_x_400mf(weights=None, norm_layer=norm_layer)
     if not pretrained:
@@ -99,8 +102,14 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels_per_level: dict[str, int], out_channels: int = 64):
         super().__init__()
-        if out_channels < 1:
-            raise ValueError(f"out_channels must be a positive int; got {out_channels}")
+        if not isinstance(in_channels_per_level, dict) or not in_channels_per_level:
+            raise ValueError(
+                "in_channels_per_level must be a non-empty dict level -> channels, finest first, e.g. "
+                f"{{'c3': 64, 'c4': 160, 'c5': 400}}; got {in_channels_per_level!r}"
+            )
+        for level, channels in in_channels_per_level.items():
+            check_int(channels, f"in_channels_per_level[{level!r}]")
+        out_channels = check_int(out_channels, "out_channels")
         self.in_levels = list(in_channels_per_level)  # e.g. ["c3", "c4", "c5"]
         self.out_levels = ["p" + level[1:] for level in self.in_levels]  # ["p3", "p4", "p5"]
         self.lateral = nn.ModuleDict(
@@ -117,6 +126,15 @@ class FPN(nn.Module):
 
     def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """feats: {"c3": (B, C3, H/8, W/8), ...} -> {"p3": (B, F, H/8, W/8), ...}."""
+        if not isinstance(feats, dict) or any(level not in feats for level in self.in_levels):
+            got = list(feats) if isinstance(feats, dict) else type(feats).__name__
+            raise ValueError(f"feats must be a dict with the levels {self.in_levels}; got {got}. "
+                             "Fix: pass the backbone's output dict, e.g. BackboneWithFPN().body(images).")
+        for level, p_level in zip(self.in_levels, self.out_levels):
+            channels, x = self.lateral[p_level].in_channels, feats[level]
+            if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ValueError(f"feats[{level!r}] must be (B, {channels}, h, w) (in_channels_per_level); got {shape}")
         results = {}
         merged = None  # the lateral sum m of the level above: what flows down the path
         for c_level, p_level in zip(reversed(self.in_levels), reversed(self.out_levels)):
@@ -134,6 +152,8 @@ def check_images(images) -> None:
 
     The one check of the input images: BackboneWithFPN and FCOS (chapter 07) both call it.
     Shape and dtype only, so it never waits for the GPU; values in [0, 1] are not checked.
+    float64 is refused: the weights are float32 (float16 and bfloat16 images are promoted to
+    float32 by the normalisation, so they run, also under autocast).
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -143,6 +163,9 @@ def check_images(images) -> None:
         )
     if not images.is_floating_point():
         raise ValueError(f"images must be float in [0, 1]; got dtype {images.dtype}. Fix: images.float() / 255")
+    if images.dtype == torch.float64:
+        raise ValueError("images must be float32 like the model's weights (float64 would stop at the first "
+                         "convolution); got dtype torch.float64. Fix: images.float()")
     H, W = images.shape[-2:]
     if H % 32 or W % 32:
         raise ValueError(
@@ -173,8 +196,11 @@ class BackboneWithFPN(nn.Module):
     def __init__(self, out_channels: int = 64, pretrained: bool = False, trainable_layers: int | None = None,
                  frozen_batchnorm: bool | None = None):
         super().__init__()
+        out_channels = check_int(out_channels, "out_channels")  # before the trunk is built: fail fast
+        check_flag(pretrained, "pretrained")
         if frozen_batchnorm is None:
             frozen_batchnorm = pretrained
+        check_flag(frozen_batchnorm, "frozen_batchnorm")
         if trainable_layers is None:
             trainable_layers = 3 if pretrained else len(STAGES)
         if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int) \

@@ -14,9 +14,30 @@ Dimension letters: B images, F FPN channels, H_l/W_l one level's height/width,
 L_l = H_l * W_l locations of one level, flattened row-major (k = h * W_l + w) like the head.
 """
 
-__all__ = ['get_fpn_location_coords']
+__all__ = ['check_strides', 'get_fpn_location_coords']
 
 import torch
+
+from fcos_lib.checks import check_int, check_positive_number
+
+
+def check_strides(strides_per_fpn_level: dict, levels=()) -> None:
+    """Raise ValueError unless strides_per_fpn_level is a dict level -> stride > 0 with every level of `levels`.
+
+    The one check of the strides: the locations (here), the matching (chapter 04) and the
+    targets (chapter 06) call it. A stride of 0 would put every location at (0, 0).
+    """
+    if not isinstance(strides_per_fpn_level, dict):
+        raise ValueError(f"strides_per_fpn_level must be a dict level -> stride in input pixels, e.g. "
+                         f"{{'p3': 8, 'p4': 16, 'p5': 32}}; got {type(strides_per_fpn_level).__name__}")
+    missing = [level for level in levels if level not in strides_per_fpn_level]
+    if missing:
+        raise ValueError(
+            f"strides_per_fpn_level has no stride for levels {missing}; got keys "
+            f"{list(strides_per_fpn_level)}. Fix: give one stride per level, e.g. {{'p3': 8, 'p4': 16, 'p5': 32}}."
+        )
+    for level, stride in strides_per_fpn_level.items():
+        check_positive_number(stride, f"strides_per_fpn_level[{level!r}]")
 
 
 def get_fpn_location_coords(shape_per_fpn_level: dict, strides_per_fpn_level: dict,
@@ -33,19 +54,21 @@ def get_fpn_location_coords(shape_per_fpn_level: dict, strides_per_fpn_level: di
         level -> (L_l, 2) tensor of (x, y), row k for the cell (h, w) = divmod(k, W_l):
         x = (w + 0.5) * s from the column, y = (h + 0.5) * s from the row.
     """
-    missing = [level for level in shape_per_fpn_level if level not in strides_per_fpn_level]
-    if missing:
-        raise ValueError(
-            f"strides_per_fpn_level has no stride for levels {missing}; got keys "
-            f"{list(strides_per_fpn_level)}. Fix: give one stride per level, e.g. {{'p3': 8, 'p4': 16, 'p5': 32}}."
-        )
+    if not isinstance(shape_per_fpn_level, dict):
+        raise ValueError(f"shape_per_fpn_level must be a dict level -> (B, F, H_l, W_l) or (H_l, W_l); got "
+                         f"{type(shape_per_fpn_level).__name__}. "
+                         "Fix: {level: feat.shape for level, feat in feats.items()}")
+    check_strides(strides_per_fpn_level, shape_per_fpn_level)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a float dtype (locations such as 4.0 + 8 * w are float); got {dtype!r}")
     locations_per_fpn_level = {}
     for level, shape in shape_per_fpn_level.items():
-        if len(shape) not in (2, 4):
-            raise ValueError(
-                f"shape_per_fpn_level[{level!r}] must be (B, F, H_l, W_l) or (H_l, W_l); got {tuple(shape)}"
-            )
-        H_l, W_l = int(shape[-2]), int(shape[-1])
+        if isinstance(shape, torch.Tensor) or not isinstance(shape, (tuple, list)) or len(shape) not in (2, 4):
+            got = f"a tensor of shape {tuple(shape.shape)}" if isinstance(shape, torch.Tensor) else repr(shape)
+            raise ValueError(f"shape_per_fpn_level[{level!r}] must be (B, F, H_l, W_l) or (H_l, W_l); got {got}. "
+                             "Fix: pass the feature map's .shape, not the map.")
+        H_l = check_int(shape[-2], f"shape_per_fpn_level[{level!r}][-2], the height H_l,", minimum=0)
+        W_l = check_int(shape[-1], f"shape_per_fpn_level[{level!r}][-1], the width W_l,", minimum=0)
         stride = strides_per_fpn_level[level]
         xs = (torch.arange(W_l, dtype=dtype, device=device) + 0.5) * stride  # (W_l,) from columns w
         ys = (torch.arange(H_l, dtype=dtype, device=device) + 0.5) * stride  # (H_l,) from rows h

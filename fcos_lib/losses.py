@@ -22,12 +22,17 @@ Dimension letters: B images, L locations (levels concatenated p3, p4, p5), C cla
 
 __all__ = ['BOX_LOSSES', 'sigmoid_focal_loss', 'one_hot_targets', 'giou_loss', 'fcos_loss']
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from fcos_lib.checks import check_int
 from fcos_lib.deltas import fcos_apply_deltas_to_locations
 from fcos_lib.matching import check_class_labels
+from fcos_lib.targets import FCOSTargets
 
 BOX_LOSSES = ("giou", "l1")
 
@@ -44,10 +49,16 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     Returns:
         (...) -alpha_t * (1 - p_t) ** gamma * log(p_t), p_t = the probability of the right answer.
     """
-    if logits.shape != targets.shape:
-        raise ValueError(
-            f"logits and targets must have the same shape; got {tuple(logits.shape)} and {tuple(targets.shape)}"
-        )
+    if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor) or logits.shape != targets.shape:
+        got = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in (logits, targets)]
+        raise ValueError(f"logits and targets must be tensors of the same shape; got {got[0]} and {got[1]}")
+    if not logits.is_floating_point() or not targets.is_floating_point():
+        raise ValueError(f"logits and targets must be float (targets 1.0 or 0.0); got {logits.dtype} and "
+                         f"{targets.dtype}. Fix: targets.float()")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (alpha == -1 or 0 <= alpha <= 1):
+        raise ValueError(f"alpha must be in [0, 1] (the positives' weight), or -1 for no weighting; got {alpha!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
+        raise ValueError(f"gamma must be a finite number >= 0 (0: plain cross-entropy, 2: the paper); got {gamma!r}")
     p = torch.sigmoid(logits)
     # -log(p_t), computed from the logits (stable for large |logits|), not as -log(sigmoid(x)).
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -68,6 +79,7 @@ def one_hot_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         (B, L, C) float: 1.0 at [b, l, labels[b, l]], zeros elsewhere (all zeros where labels == -1).
     Raises ValueError naming the first label out of range (the label rule of chapter 04).
     """
+    check_int(num_classes, "num_classes")
     check_class_labels(labels, num_classes, name="labels")
     labels = labels.long()
     # Shift by one so that background (-1) becomes class 0 of C + 1, then drop that column.
@@ -117,6 +129,14 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
+    if not isinstance(cls_logits, torch.Tensor) or cls_logits.dim() != 3:
+        shape = tuple(cls_logits.shape) if isinstance(cls_logits, torch.Tensor) else type(cls_logits).__name__
+        raise ValueError(f"cls_logits must be (B, L, C), levels concatenated; got {shape}. "
+                         "Fix: one image's (L, C) needs cls_logits[None] (and the same for the other inputs).")
+    if not isinstance(targets, FCOSTargets):
+        raise ValueError(f"targets must be the FCOSTargets that fcos_build_targets returns; got "
+                         f"{type(targets).__name__}. Fix: pass its result as it is, or FCOSTargets(matched_boxes, "
+                         "deltas, centerness).")
     B, L, C = cls_logits.shape
     expected = {"box_deltas": (B, L, 4), "ctr_logits": (B, L, 1), "targets.matched_boxes": (B, L, 5),
                 "targets.deltas": (B, L, 4), "targets.centerness": (B, L), "locations": (L, 2), "strides": (L,)}
@@ -124,10 +144,9 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
              "targets.deltas": targets.deltas, "targets.centerness": targets.centerness,
              "locations": locations, "strides": strides}
     for name, shape in expected.items():
-        if tuple(given[name].shape) != shape:
-            raise ValueError(
-                f"{name} must be {shape} to match cls_logits (B, L, C) = {(B, L, C)}; got {tuple(given[name].shape)}"
-            )
+        if not isinstance(given[name], torch.Tensor) or tuple(given[name].shape) != shape:
+            got = tuple(given[name].shape) if isinstance(given[name], torch.Tensor) else type(given[name]).__name__
+            raise ValueError(f"{name} must be {shape} to match cls_logits (B, L, C) = {(B, L, C)}; got {got}")
     labels = targets.matched_boxes[..., 4]  # (B, L), -1 = background
     foreground = labels >= 0  # (B, L)
     num_foreground = foreground.sum().clamp(min=1).to(torch.float32)  # a tensor: no GPU sync

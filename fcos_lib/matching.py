@@ -25,13 +25,23 @@ import math
 
 import torch
 
+from fcos_lib.checks import check_positive_number
+from fcos_lib.locations import check_strides
+
 
 def scale_ranges_per_fpn_level(strides_per_fpn_level: dict) -> dict:
     """level -> (lower, upper) bounds on max(l, t, r, b), strict on both sides.
 
     (4 * stride, 8 * stride), with 0 for the first level and inf for the last, as in
     torchvision's FCOS; with strides 8, 16, 32: p3 (0, 64), p4 (64, 128), p5 (128, inf).
+    The strides must grow from level to level (finest first), or the ranges would overlap.
     """
+    check_strides(strides_per_fpn_level)
+    values = list(strides_per_fpn_level.values())
+    if any(finer >= coarser for finer, coarser in zip(values, values[1:])):
+        raise ValueError(f"strides_per_fpn_level must grow from level to level, finest first, e.g. "
+                         f"{{'p3': 8, 'p4': 16, 'p5': 32}}; got {strides_per_fpn_level}. Fix: order the levels "
+                         "finest first (the scale ranges would overlap otherwise).")
     levels = list(strides_per_fpn_level)
     ranges = {}
     for i, level in enumerate(levels):
@@ -125,11 +135,27 @@ def check_gt_boxes(gt_boxes: torch.Tensor, num_classes: int | None = None, batch
 
 
 def _checked_batch(gt_boxes: torch.Tensor) -> torch.Tensor:
-    """One image's (N, 5) -> (1, N, 5); then check_gt_boxes."""
+    """One image's (N, 5) -> (1, N, 5); then check_gt_boxes; integer pixel coordinates -> float32."""
     if isinstance(gt_boxes, torch.Tensor) and gt_boxes.dim() == 2 and gt_boxes.shape[-1] == 5:
         gt_boxes = gt_boxes[None]  # (1, N, 5)
     check_gt_boxes(gt_boxes)
-    return gt_boxes
+    # Integer annotations are natural (VOC's are), but the scale range's inf needs a float.
+    return gt_boxes if gt_boxes.is_floating_point() else gt_boxes.float()
+
+
+def _check_match_arguments(locations_per_fpn_level: dict, strides_per_fpn_level: dict,
+                           center_sampling_radius: float | None) -> None:
+    """The matching's arguments other than gt_boxes: shapes and numbers only, no GPU sync."""
+    if not isinstance(locations_per_fpn_level, dict):
+        raise ValueError(f"locations_per_fpn_level must be a dict level -> (L_l, 2) (x, y) from "
+                         f"get_fpn_location_coords; got {type(locations_per_fpn_level).__name__}")
+    for level, locs in locations_per_fpn_level.items():
+        if not isinstance(locs, torch.Tensor) or locs.dim() != 2 or locs.shape[1] != 2:
+            shape = tuple(locs.shape) if isinstance(locs, torch.Tensor) else type(locs).__name__
+            raise ValueError(f"locations_per_fpn_level[{level!r}] must be (L_l, 2) rows (x, y); got {shape}")
+    check_strides(strides_per_fpn_level, locations_per_fpn_level)
+    if center_sampling_radius is not None:
+        check_positive_number(center_sampling_radius, "center_sampling_radius (in strides, or None for off)")
 
 
 def fcos_match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dict, gt_boxes: torch.Tensor,
@@ -140,8 +166,9 @@ def fcos_match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dic
         locations_per_fpn_level: level -> (L_l, 2) (x, y) from get_fpn_location_coords.
         strides_per_fpn_level: level -> stride, same keys in the same order.
         gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padding rows of -1 (or (N, 5)).
-            Checked by check_gt_boxes: a bad row raises a ValueError naming it.
-        center_sampling_radius: if given, a location must also be within
+            Checked by check_gt_boxes: a bad row raises a ValueError naming it. Integer
+            coordinates are matched as float32.
+        center_sampling_radius: if given (a finite number > 0), a location must also be within
             radius * stride of the box centre in x and in y (torchvision uses 1.5).
 
     Returns:
@@ -155,6 +182,7 @@ def fcos_match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dic
 def _match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dict, gt_boxes: torch.Tensor,
                    center_sampling_radius: float | None) -> torch.Tensor:
     """fcos_match_indices on checked (B, N, 5) gt_boxes -> (B, L) int64."""
+    _check_match_arguments(locations_per_fpn_level, strides_per_fpn_level, center_sampling_radius)
     B, N, _ = gt_boxes.shape
     dtype, device = gt_boxes.dtype, gt_boxes.device
     ranges = scale_ranges_per_fpn_level(strides_per_fpn_level)
@@ -201,7 +229,7 @@ def fcos_match_locations_to_gt(locations_per_fpn_level: dict, strides_per_fpn_le
 
     Returns:
         level -> (B, L_l, 5) matched rows (x1, y1, x2, y2, c); background rows are all -1.
-        ((L_l, 5) per level when gt_boxes is (N, 5).)
+        ((L_l, 5) per level when gt_boxes is (N, 5).) In gt_boxes' dtype, float32 for integers.
     """
     batched = _checked_batch(gt_boxes)  # (B, N, 5)
     squeeze, gt_boxes = gt_boxes.dim() == 2, batched

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fcos_lib.backbone import BackboneWithFPN, check_images
+from fcos_lib.checks import check_flag, check_int, check_positive_number
 from fcos_lib.head import FCOSHead
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.losses import BOX_LOSSES, fcos_loss
@@ -87,10 +88,18 @@ class FCOS(nn.Module):
                  frozen_batchnorm: bool | None = None, use_groupnorm: bool = True,
                  center_sampling_radius: float | None = 1.5, box_loss: str = "giou"):
         super().__init__()
+        # Every argument first, before the backbone is built (the checks of chapter 01).
+        num_classes = check_int(num_classes, "num_classes (the object classes, no background class)")
+        fpn_channels = check_int(fpn_channels, "fpn_channels")
+        num_convs = check_int(num_convs, "num_convs", minimum=0)
+        check_flag(pretrained_backbone, "pretrained_backbone")
+        if frozen_batchnorm is not None:
+            check_flag(frozen_batchnorm, "frozen_batchnorm")
+        check_flag(use_groupnorm, "use_groupnorm")
+        if center_sampling_radius is not None:
+            check_positive_number(center_sampling_radius, "center_sampling_radius (in strides, or None for off)")
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
-        if center_sampling_radius is not None and center_sampling_radius <= 0:
-            raise ValueError(f"center_sampling_radius must be > 0 or None; got {center_sampling_radius}")
         self.num_classes = num_classes
         self.center_sampling_radius = center_sampling_radius
         self.box_loss = box_loss
@@ -109,6 +118,9 @@ class FCOS(nn.Module):
                     "FCOS in training mode needs gt_boxes (B, N, 5) to compute its losses; got None. "
                     "Fix: call model(images, gt_boxes), or model.eval() to get predictions."
                 )
+            if isinstance(gt_boxes, torch.Tensor) and gt_boxes.device != images.device:
+                raise ValueError(f"gt_boxes must be on the images' device, {images.device}; got {gt_boxes.device}. "
+                                 "Fix: gt_boxes.to(images.device)")
             check_gt_boxes(gt_boxes, self.num_classes, batch_size=images.shape[0])  # chapter 04
         feats = self.backbone(images)  # {"p3": (B, F, H/8, W/8), "p4": ..., "p5": ...}
         cls_per_level, box_per_level, ctr_per_level = self.head(feats)  # level -> (B, L_l, C / 4 / 1)

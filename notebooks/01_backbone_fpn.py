@@ -83,6 +83,68 @@ print("max-pool layers:", sum(isinstance(m, nn.MaxPool2d) for m in regnet.module
 # > (`RegNet_X_400MF_Weights.IMAGENET1K_V2`). And tests and CI have no network, so asking for
 # > weights offline must fail loudly instead of trying a download.
 #
+# ## Checking arguments where they come in
+#
+# Every public function of the course checks its arguments on the way in, so that `FCOS(2.5)`
+# or `pretrained="False"` fails at the call with a message that names the argument, instead of
+# deep inside torch or not at all. Tensors get their own checks, next to the code that knows
+# their shape (`check_images` below, `check_gt_boxes` in chapter 04); the plain numbers and
+# flags share these three, exported to `fcos_lib.checks`.
+
+# %%
+#| export checks
+"""Argument checks shared by every chapter: a whole number, a flag, a positive number.
+
+Chapter 01 of the course (notebooks/01_backbone_fpn.py). Each raises a one-line ValueError that
+names the argument, shows what it got, and says what is allowed. The tensor checks live next to
+the code that knows their shapes: check_images (chapter 01), check_gt_boxes and
+check_class_labels (chapter 04).
+"""
+import math
+import numbers
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    """value as an int; ValueError unless it is a whole number >= minimum.
+
+    A bool is refused although Python counts it as an int: num_classes=True would quietly mean 1.
+    numpy integers are accepted.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r} ({type(value).__name__}). "
+                         "Fix: pass a whole number, not a float, a bool or a string.")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def check_flag(value, name: str) -> bool:
+    """value; ValueError unless it is True or False (the string "False" is truthy)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r} ({type(value).__name__}). "
+                         "Fix: pass a bool (any non-empty string, \"False\" too, would count as True).")
+    return value
+
+
+def check_positive_number(value, name: str) -> float:
+    """value as a float; ValueError unless it is a finite number > 0 (not NaN, inf, a bool or a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r} ({type(value).__name__}).")
+    return float(value)
+
+# %% [markdown]
+# Check: three calls a user could plausibly make, and what each gets back.
+
+# %%
+for call in (lambda: check_int(2.5, "num_classes"), lambda: check_flag("False", "pretrained"),
+             lambda: check_positive_number(float("nan"), "center_sampling_radius")):
+    try:
+        call()
+    except ValueError as err:
+        print("ValueError:", err)
+print(check_int(20, "num_classes"), check_flag(False, "pretrained"), check_positive_number(1.5, "radius"))
+
+# %% [markdown]
 # ## Getting the trunk, with or without ImageNet weights
 #
 # `make_regnet_x_400mf` returns the torchvision model. With `pretrained=True` it loads the
@@ -128,6 +190,7 @@ from torchvision.models import RegNet_X_400MF_Weights
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
+from fcos_lib.checks import check_flag, check_int
 from fcos_lib.env import is_offline
 
 # Which stage of torchvision's RegNet gives which backbone level (stride 8, 16, 32).
@@ -151,8 +214,10 @@ def make_regnet_x_400mf(pretrained: bool = False, frozen_batchnorm: bool | None 
         frozen_batchnorm: build every norm layer as torchvision's FrozenBatchNorm2d (fixed
             statistics and affine, all buffers) instead of BatchNorm2d; None = same as pretrained.
     """
+    check_flag(pretrained, "pretrained")
     if frozen_batchnorm is None:
         frozen_batchnorm = pretrained
+    check_flag(frozen_batchnorm, "frozen_batchnorm")
     norm_layer = FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d
     regnet = torchvision.models.regnet_x_400mf(weights=None, norm_layer=norm_layer)
     if not pretrained:
@@ -268,8 +333,14 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels_per_level: dict[str, int], out_channels: int = 64):
         super().__init__()
-        if out_channels < 1:
-            raise ValueError(f"out_channels must be a positive int; got {out_channels}")
+        if not isinstance(in_channels_per_level, dict) or not in_channels_per_level:
+            raise ValueError(
+                "in_channels_per_level must be a non-empty dict level -> channels, finest first, e.g. "
+                f"{{'c3': 64, 'c4': 160, 'c5': 400}}; got {in_channels_per_level!r}"
+            )
+        for level, channels in in_channels_per_level.items():
+            check_int(channels, f"in_channels_per_level[{level!r}]")
+        out_channels = check_int(out_channels, "out_channels")
         self.in_levels = list(in_channels_per_level)  # e.g. ["c3", "c4", "c5"]
         self.out_levels = ["p" + level[1:] for level in self.in_levels]  # ["p3", "p4", "p5"]
         self.lateral = nn.ModuleDict(
@@ -286,6 +357,15 @@ class FPN(nn.Module):
 
     def forward(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """feats: {"c3": (B, C3, H/8, W/8), ...} -> {"p3": (B, F, H/8, W/8), ...}."""
+        if not isinstance(feats, dict) or any(level not in feats for level in self.in_levels):
+            got = list(feats) if isinstance(feats, dict) else type(feats).__name__
+            raise ValueError(f"feats must be a dict with the levels {self.in_levels}; got {got}. "
+                             "Fix: pass the backbone's output dict, e.g. BackboneWithFPN().body(images).")
+        for level, p_level in zip(self.in_levels, self.out_levels):
+            channels, x = self.lateral[p_level].in_channels, feats[level]
+            if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ValueError(f"feats[{level!r}] must be (B, {channels}, h, w) (in_channels_per_level); got {shape}")
         results = {}
         merged = None  # the lateral sum m of the level above: what flows down the path
         for c_level, p_level in zip(reversed(self.in_levels), reversed(self.out_levels)):
@@ -322,8 +402,9 @@ for (p, a), b in zip(ours.items(), theirs.values()):
 #
 # 1. checks the input with `check_images`: float `(B, 3, H, W)` with `H`, `W` divisible by 32,
 #    so that every level is exactly `H/stride x W/stride` and the x2 upsampling lines up (a
-#    100 px side would give c4 = 7 and c5 = 4, and 4 x 2 != 7). The model of chapter 07 calls
-#    the same function, so each rule and its message live in one place;
+#    100 px side would give c4 = 7 and c5 = 4, and 4 x 2 != 7), and not float64, which the
+#    float32 weights would refuse. The model of chapter 07 calls the same function, so each
+#    rule and its message live in one place;
 # 2. normalises `[0, 1]` images with the ImageNet mean/std, kept as buffers so they follow
 #    the model to the GPU. Data code and pictures then only ever see `[0, 1]` images;
 # 3. runs the trunk, then the FPN.
@@ -343,6 +424,8 @@ def check_images(images) -> None:
 
     The one check of the input images: BackboneWithFPN and FCOS (chapter 07) both call it.
     Shape and dtype only, so it never waits for the GPU; values in [0, 1] are not checked.
+    float64 is refused: the weights are float32 (float16 and bfloat16 images are promoted to
+    float32 by the normalisation, so they run, also under autocast).
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -352,6 +435,9 @@ def check_images(images) -> None:
         )
     if not images.is_floating_point():
         raise ValueError(f"images must be float in [0, 1]; got dtype {images.dtype}. Fix: images.float() / 255")
+    if images.dtype == torch.float64:
+        raise ValueError("images must be float32 like the model's weights (float64 would stop at the first "
+                         "convolution); got dtype torch.float64. Fix: images.float()")
     H, W = images.shape[-2:]
     if H % 32 or W % 32:
         raise ValueError(
@@ -382,8 +468,11 @@ class BackboneWithFPN(nn.Module):
     def __init__(self, out_channels: int = 64, pretrained: bool = False, trainable_layers: int | None = None,
                  frozen_batchnorm: bool | None = None):
         super().__init__()
+        out_channels = check_int(out_channels, "out_channels")  # before the trunk is built: fail fast
+        check_flag(pretrained, "pretrained")
         if frozen_batchnorm is None:
             frozen_batchnorm = pretrained
+        check_flag(frozen_batchnorm, "frozen_batchnorm")
         if trainable_layers is None:
             trainable_layers = 3 if pretrained else len(STAGES)
         if isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int) \

@@ -98,9 +98,12 @@ Dimension letters: B images, C classes, F FPN channels, h/w one level's height/w
 L_l = h*w locations of one level.
 """
 import math
+import numbers
 
 import torch
 from torch import nn
+
+from fcos_lib.checks import check_flag, check_int
 
 
 def group_norm_groups(channels: int, max_groups: int = 32) -> int:
@@ -109,13 +112,14 @@ def group_norm_groups(channels: int, max_groups: int = 32) -> int:
     The paper's 32 whenever channels is a multiple of 32, otherwise the largest divisor of 32
     that divides channels, so GroupNorm always accepts it.
     """
-    if channels < 1:
-        raise ValueError(f"channels must be a positive int; got {channels}")
-    return math.gcd(max_groups, channels)
+    return math.gcd(check_int(max_groups, "max_groups"), check_int(channels, "channels"))
 
 
 def flatten_level(x: torch.Tensor) -> torch.Tensor:
     """(B, K, h, w) map -> (B, h*w, K), row-major: location k = h_idx * w + w_idx."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be one level's (B, K, h, w) map; got {shape}. Fix: add the batch axis with x[None].")
     B, K, h, w = x.shape
     return x.permute(0, 2, 3, 1).reshape(B, h * w, K)  # (B, h, w, K) -> (B, h*w, K)
 
@@ -214,12 +218,12 @@ class FCOSHead(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 64, num_convs: int = 4,
                  use_groupnorm: bool = True, prior_prob: float = 0.01):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 (no background class); got {num_classes}")
-        if num_convs < 0:
-            raise ValueError(f"num_convs must be >= 0; got {num_convs}")
-        if not 0 < prior_prob < 1:
-            raise ValueError(f"prior_prob must be in (0, 1), e.g. 0.01; got {prior_prob}")
+        num_classes = check_int(num_classes, "num_classes (the object classes, no background class)")
+        in_channels = check_int(in_channels, "in_channels")
+        num_convs = check_int(num_convs, "num_convs", minimum=0)
+        check_flag(use_groupnorm, "use_groupnorm")
+        if isinstance(prior_prob, bool) or not isinstance(prior_prob, numbers.Real) or not 0 < prior_prob < 1:
+            raise ValueError(f"prior_prob must be in (0, 1), e.g. 0.01; got {prior_prob!r}")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.cls_stem = self._make_stem(in_channels, num_convs, use_groupnorm)
@@ -245,12 +249,16 @@ class FCOSHead(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, feats: dict[str, torch.Tensor]):
+        if not isinstance(feats, dict):
+            raise ValueError(f"feats must be a dict level -> (B, {self.in_channels}, h, w), the FPN's output; "
+                             f"got {type(feats).__name__}. Fix: for one map x, pass {{'p3': x}}.")
         cls_logits, box_deltas, ctr_logits = {}, {}, {}
         for level, x in feats.items():
-            if x.dim() != 4 or x.shape[1] != self.in_channels:
+            if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                 raise ValueError(
                     f"feats[{level!r}] must be (B, {self.in_channels}, h, w) (in_channels={self.in_channels}); "
-                    f"got shape {tuple(x.shape)}. Fix: build FCOSHead(in_channels=...) with the FPN's channels."
+                    f"got shape {shape}. Fix: build FCOSHead(in_channels=...) with the FPN's channels."
                 )
             cls_features = self.cls_stem(x)  # (B, F, h, w)
             reg_features = self.reg_stem(x)  # (B, F, h, w)
@@ -264,7 +272,9 @@ class FCOSHead(nn.Module):
 #
 # - shapes: `p3` is 20 x 28, so `L_l = 560` locations; `p4` 10 x 14 = 140; `p5` 5 x 7 = 35;
 # - every head conv has weight std ≈ 0.01 and the class bias is `-log(99) ≈ -4.595`;
-# - the initial class probabilities are all ≈ 0.01 (the weights are tiny, so the bias rules).
+# - the initial class probabilities are all ≈ 0.01 (the weights are tiny, so the bias rules);
+# - a size that is not a whole number, `num_classes=2.5`, is refused by chapter 01's `check_int`
+#   before any layer is built.
 
 # %%
 backbone = BackboneWithFPN(out_channels=64)
@@ -281,6 +291,10 @@ print("class bias:", round(head.cls_logits.bias[0].item(), 3), "= -log(99):", ro
 probs = torch.cat([c.sigmoid().flatten() for c in cls_logits.values()])
 print(f"initial class probability: mean {probs.mean():.3f}, all within [0.003, 0.03]:",
       bool(((probs > 0.003) & (probs < 0.03)).all()))
+try:
+    FCOSHead(num_classes=2.5)
+except ValueError as err:
+    print("ValueError:", err)
 
 # %% [markdown]
 # ## Which output belongs to which location?

@@ -120,9 +120,19 @@ Dimension letters: B images, L locations (all levels concatenated, or one level'
 """
 import torch
 
+from fcos_lib.checks import check_positive_number
+
+
+def _shape(x) -> tuple | str:
+    """A tensor's shape for an error message, or the type name of anything else."""
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
 
 def _stride_column(stride, locations: torch.Tensor) -> torch.Tensor:
-    """float or (L,) stride -> (L, 1) tensor on the locations' dtype and device."""
+    """float or (L,) stride -> (L, 1) tensor on the locations' dtype and device.
+
+    A number must be finite and > 0; a tensor's values are not checked (that would wait for the GPU).
+    """
     if isinstance(stride, torch.Tensor):
         if stride.dim() == 0:
             stride = stride.reshape(1)
@@ -132,7 +142,8 @@ def _stride_column(stride, locations: torch.Tensor) -> torch.Tensor:
                 f"got shape {tuple(stride.shape)}"
             )
         return stride.to(dtype=locations.dtype, device=locations.device).unsqueeze(-1)  # (L, 1) or (1, 1)
-    return torch.full((1, 1), float(stride), dtype=locations.dtype, device=locations.device)
+    stride = check_positive_number(stride, "stride (or an (L,) tensor, one per location)")
+    return torch.full((1, 1), stride, dtype=locations.dtype, device=locations.device)
 
 
 def fcos_get_deltas_from_locations(locations: torch.Tensor, gt_boxes: torch.Tensor, stride) -> torch.Tensor:
@@ -147,10 +158,12 @@ def fcos_get_deltas_from_locations(locations: torch.Tensor, gt_boxes: torch.Tens
     Returns:
         (..., L, 4) deltas (l, t, r, b) / stride, in gt_boxes' dtype; background rows are -1.
     """
-    if gt_boxes.shape[-1] not in (4, 5) or locations.dim() != 2 or gt_boxes.shape[-2] != locations.shape[0]:
+    if not isinstance(locations, torch.Tensor) or not isinstance(gt_boxes, torch.Tensor) or locations.dim() != 2 \
+            or locations.shape[1] != 2 or gt_boxes.dim() < 2 or gt_boxes.shape[-1] not in (4, 5) \
+            or gt_boxes.shape[-2] != locations.shape[0]:
         raise ValueError(
             f"need locations (L, 2) and gt_boxes (..., L, 4 or 5) with the same L; got locations "
-            f"{tuple(locations.shape)}, gt_boxes {tuple(gt_boxes.shape)}"
+            f"{_shape(locations)}, gt_boxes {_shape(gt_boxes)}"
         )
     locations = locations.to(dtype=gt_boxes.dtype, device=gt_boxes.device)
     stride = _stride_column(stride, locations)  # (L, 1)
@@ -223,7 +236,9 @@ plt.show()
 #
 # Every row is decoded with its **own** location. There is no "background" test: a network
 # output has no background marker, and a background target row of `-1` decodes, after the
-# clamp, to the zero-size box at its own location.
+# clamp, to the zero-size box at its own location. Both functions refuse a stride that is not
+# a finite number > 0 (a stride of 0 would give infinite deltas) and locations that are not
+# `(L, 2)`; `image_size` must be two sizes > 0, `(H, W)`.
 
 # %%
 #| export
@@ -235,22 +250,27 @@ def fcos_apply_deltas_to_locations(deltas: torch.Tensor, locations: torch.Tensor
         deltas: (..., L, 4) predicted (or target) deltas; clamped at >= 0 before decoding.
         locations: (L, 2) (x, y) of each location.
         stride: a number (one level) or an (L,) tensor (all levels concatenated).
-        image_size: optional (H, W): boxes are clipped to 0 <= x <= W, 0 <= y <= H.
+        image_size: optional (H, W) > 0: boxes are clipped to 0 <= x <= W, 0 <= y <= H.
 
     Returns:
         (..., L, 4) boxes (x1, y1, x2, y2) in input pixels, in deltas' dtype. Each row uses its
         own location; rows are never treated as background (network outputs have no marker).
     """
-    if deltas.shape[-1] != 4 or locations.dim() != 2 or deltas.shape[-2] != locations.shape[0]:
+    if not isinstance(deltas, torch.Tensor) or not isinstance(locations, torch.Tensor) or deltas.dim() < 2 \
+            or deltas.shape[-1] != 4 or locations.dim() != 2 or locations.shape[1] != 2 \
+            or deltas.shape[-2] != locations.shape[0]:
         raise ValueError(
-            f"need deltas (..., L, 4) and locations (L, 2) with the same L; got deltas {tuple(deltas.shape)}, "
-            f"locations {tuple(locations.shape)}"
+            f"need deltas (..., L, 4) and locations (L, 2) with the same L; got deltas {_shape(deltas)}, "
+            f"locations {_shape(locations)}"
         )
+    if image_size is not None and (not isinstance(image_size, (tuple, list)) or len(image_size) != 2):
+        raise ValueError(f"image_size must be (H, W), the image's height and width; got {image_size!r}. "
+                         "Fix: image_size=tuple(image.shape[-2:]).")
     locations = locations.to(dtype=deltas.dtype, device=deltas.device)
     distances = deltas.clamp(min=0) * _stride_column(stride, locations)  # (..., L, 4) in pixels
     boxes = torch.cat([locations - distances[..., :2], locations + distances[..., 2:]], dim=-1)  # (..., L, 4)
     if image_size is not None:
-        H, W = image_size
+        H, W = (check_positive_number(size, f"image_size[{i}]") for i, size in enumerate(image_size))
         boxes = torch.stack([boxes[..., 0].clamp(0, W), boxes[..., 1].clamp(0, H),
                              boxes[..., 2].clamp(0, W), boxes[..., 3].clamp(0, H)], dim=-1)  # (..., L, 4)
     return boxes

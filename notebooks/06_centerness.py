@@ -229,7 +229,8 @@ import torch
 
 from fcos_lib.centerness import fcos_make_centerness_targets
 from fcos_lib.deltas import fcos_get_deltas_from_locations
-from fcos_lib.matching import fcos_match_locations_to_gt
+from fcos_lib.locations import check_strides
+from fcos_lib.matching import check_gt_boxes, fcos_match_locations_to_gt
 
 
 def strides_per_location(locations_per_fpn_level: dict, strides_per_fpn_level: dict) -> torch.Tensor:
@@ -237,6 +238,10 @@ def strides_per_location(locations_per_fpn_level: dict, strides_per_fpn_level: d
 
     Same dtype and device as the locations.
     """
+    if not isinstance(locations_per_fpn_level, dict):
+        raise ValueError(f"locations_per_fpn_level must be a dict level -> (L_l, 2) (x, y) from "
+                         f"get_fpn_location_coords; got {type(locations_per_fpn_level).__name__}")
+    check_strides(strides_per_fpn_level, locations_per_fpn_level)
     return torch.cat([
         torch.full((locs.shape[0],), float(strides_per_fpn_level[level]), dtype=locs.dtype, device=locs.device)
         for level, locs in locations_per_fpn_level.items()
@@ -259,19 +264,17 @@ def fcos_build_targets(locations_per_fpn_level: dict, strides_per_fpn_level: dic
     Args:
         locations_per_fpn_level: level -> (L_l, 2) (x, y) from get_fpn_location_coords.
         strides_per_fpn_level: level -> stride, same keys in the same order.
-        gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padded with rows of -1. Degenerate boxes
-            (x2 <= x1 or y2 <= y1) raise a ValueError naming the box (see fcos_match_indices).
+        gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padded with rows of -1. Checked by
+            check_gt_boxes (chapter 04): a degenerate, NaN or infinite box raises a ValueError
+            naming it.
         center_sampling_radius: None (off) or the radius in strides (torchvision: 1.5).
 
     Returns:
         FCOSTargets(matched_boxes (B, L, 5), deltas (B, L, 4), centerness (B, L)), in gt_boxes'
-        dtype and on its device.
+        dtype (float32 for integer gt_boxes) and on its device.
     """
-    if gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 5:
-        raise ValueError(
-            f"gt_boxes must be (B, N, 5) rows (x1, y1, x2, y2, c) padded with -1; got shape "
-            f"{tuple(gt_boxes.shape)}. Fix: for one image pass gt_boxes[None]."
-        )
+    if not isinstance(gt_boxes, torch.Tensor) or gt_boxes.dim() != 3:
+        check_gt_boxes(gt_boxes)  # raises: a batch only here (the matching also takes one image's (N, 5))
     matched_per_level = fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, gt_boxes,
                                                    center_sampling_radius)  # level -> (B, L_l, 5)
     matched_boxes = torch.cat(list(matched_per_level.values()), dim=1)  # (B, L, 5)

@@ -106,12 +106,17 @@ library's `fcos_loss` uses torchvision's implementations of the same formulas.
 
 Dimension letters: B images, L locations (levels concatenated p3, p4, p5), C classes, K boxes.
 """
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from fcos_lib.checks import check_int
 from fcos_lib.deltas import fcos_apply_deltas_to_locations
 from fcos_lib.matching import check_class_labels
+from fcos_lib.targets import FCOSTargets
 
 BOX_LOSSES = ("giou", "l1")
 
@@ -128,10 +133,16 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     Returns:
         (...) -alpha_t * (1 - p_t) ** gamma * log(p_t), p_t = the probability of the right answer.
     """
-    if logits.shape != targets.shape:
-        raise ValueError(
-            f"logits and targets must have the same shape; got {tuple(logits.shape)} and {tuple(targets.shape)}"
-        )
+    if not isinstance(logits, torch.Tensor) or not isinstance(targets, torch.Tensor) or logits.shape != targets.shape:
+        got = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in (logits, targets)]
+        raise ValueError(f"logits and targets must be tensors of the same shape; got {got[0]} and {got[1]}")
+    if not logits.is_floating_point() or not targets.is_floating_point():
+        raise ValueError(f"logits and targets must be float (targets 1.0 or 0.0); got {logits.dtype} and "
+                         f"{targets.dtype}. Fix: targets.float()")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (alpha == -1 or 0 <= alpha <= 1):
+        raise ValueError(f"alpha must be in [0, 1] (the positives' weight), or -1 for no weighting; got {alpha!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
+        raise ValueError(f"gamma must be a finite number >= 0 (0: plain cross-entropy, 2: the paper); got {gamma!r}")
     p = torch.sigmoid(logits)
     # -log(p_t), computed from the logits (stable for large |logits|), not as -log(sigmoid(x)).
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -152,6 +163,7 @@ def one_hot_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         (B, L, C) float: 1.0 at [b, l, labels[b, l]], zeros elsewhere (all zeros where labels == -1).
     Raises ValueError naming the first label out of range (the label rule of chapter 04).
     """
+    check_int(num_classes, "num_classes")
     check_class_labels(labels, num_classes, name="labels")
     labels = labels.long()
     # Shift by one so that background (-1) becomes class 0 of C + 1, then drop that column.
@@ -188,10 +200,17 @@ print(one_hot_targets(torch.tensor([[2, -1, 0]]), num_classes=3))
 # > model (`cls_logits.shape[-1]`) and names the bad label when one is out of range (with
 # > `check_class_labels`, the label rule of chapter 04's `check_gt_boxes`). The
 # > seed's docstring also writes the corner `(x2, x2)` where it means `(x2, y2)`.
+#
+# The focal loss checks its own numbers too: an `alpha` outside `[0, 1]` (other than -1) or a
+# negative `gamma` would reward some mistakes instead of punishing them.
 
 # %%
 try:
     one_hot_targets(torch.tensor([[0, 5]]), num_classes=5)
+except ValueError as err:
+    print("ValueError:", err)
+try:
+    sigmoid_focal_loss(logit_09, torch.tensor([1.0, 0.0]), alpha=1.5)
 except ValueError as err:
     print("ValueError:", err)
 
@@ -364,6 +383,14 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
+    if not isinstance(cls_logits, torch.Tensor) or cls_logits.dim() != 3:
+        shape = tuple(cls_logits.shape) if isinstance(cls_logits, torch.Tensor) else type(cls_logits).__name__
+        raise ValueError(f"cls_logits must be (B, L, C), levels concatenated; got {shape}. "
+                         "Fix: one image's (L, C) needs cls_logits[None] (and the same for the other inputs).")
+    if not isinstance(targets, FCOSTargets):
+        raise ValueError(f"targets must be the FCOSTargets that fcos_build_targets returns; got "
+                         f"{type(targets).__name__}. Fix: pass its result as it is, or FCOSTargets(matched_boxes, "
+                         "deltas, centerness).")
     B, L, C = cls_logits.shape
     expected = {"box_deltas": (B, L, 4), "ctr_logits": (B, L, 1), "targets.matched_boxes": (B, L, 5),
                 "targets.deltas": (B, L, 4), "targets.centerness": (B, L), "locations": (L, 2), "strides": (L,)}
@@ -371,10 +398,9 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
              "targets.deltas": targets.deltas, "targets.centerness": targets.centerness,
              "locations": locations, "strides": strides}
     for name, shape in expected.items():
-        if tuple(given[name].shape) != shape:
-            raise ValueError(
-                f"{name} must be {shape} to match cls_logits (B, L, C) = {(B, L, C)}; got {tuple(given[name].shape)}"
-            )
+        if not isinstance(given[name], torch.Tensor) or tuple(given[name].shape) != shape:
+            got = tuple(given[name].shape) if isinstance(given[name], torch.Tensor) else type(given[name]).__name__
+            raise ValueError(f"{name} must be {shape} to match cls_logits (B, L, C) = {(B, L, C)}; got {got}")
     labels = targets.matched_boxes[..., 4]  # (B, L), -1 = background
     foreground = labels >= 0  # (B, L)
     num_foreground = foreground.sum().clamp(min=1).to(torch.float32)  # a tensor: no GPU sync
@@ -466,7 +492,9 @@ for name, batch_gt in {"one image empty": torch.stack([gt[0], empty[1]]), "all i
 # its inputs first: a wrong shape deep inside the matching code gives an error no learner
 # can trace back. The checks are not new code: `check_images` of chapter 01 (the backbone's)
 # and `check_gt_boxes` of chapter 04 (the matching's), to which the model adds what only it
-# knows, its `num_classes` and the number of images.
+# knows, its `num_classes`, the number of images and their device. Its constructor checks
+# its arguments with chapter 01's `check_int`, `check_flag` and `check_positive_number`
+# before it builds anything.
 #
 # `check_finite_losses` guards training: one NaN in a loss turns every weight into NaN at
 # the next step, so the loop stops at once and says which loss went bad.
@@ -496,6 +524,7 @@ import torch
 from torch import nn
 
 from fcos_lib.backbone import BackboneWithFPN, check_images
+from fcos_lib.checks import check_flag, check_int, check_positive_number
 from fcos_lib.head import FCOSHead
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.losses import BOX_LOSSES, fcos_loss
@@ -570,10 +599,18 @@ class FCOS(nn.Module):
                  frozen_batchnorm: bool | None = None, use_groupnorm: bool = True,
                  center_sampling_radius: float | None = 1.5, box_loss: str = "giou"):
         super().__init__()
+        # Every argument first, before the backbone is built (the checks of chapter 01).
+        num_classes = check_int(num_classes, "num_classes (the object classes, no background class)")
+        fpn_channels = check_int(fpn_channels, "fpn_channels")
+        num_convs = check_int(num_convs, "num_convs", minimum=0)
+        check_flag(pretrained_backbone, "pretrained_backbone")
+        if frozen_batchnorm is not None:
+            check_flag(frozen_batchnorm, "frozen_batchnorm")
+        check_flag(use_groupnorm, "use_groupnorm")
+        if center_sampling_radius is not None:
+            check_positive_number(center_sampling_radius, "center_sampling_radius (in strides, or None for off)")
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
-        if center_sampling_radius is not None and center_sampling_radius <= 0:
-            raise ValueError(f"center_sampling_radius must be > 0 or None; got {center_sampling_radius}")
         self.num_classes = num_classes
         self.center_sampling_radius = center_sampling_radius
         self.box_loss = box_loss
@@ -592,6 +629,9 @@ class FCOS(nn.Module):
                     "FCOS in training mode needs gt_boxes (B, N, 5) to compute its losses; got None. "
                     "Fix: call model(images, gt_boxes), or model.eval() to get predictions."
                 )
+            if isinstance(gt_boxes, torch.Tensor) and gt_boxes.device != images.device:
+                raise ValueError(f"gt_boxes must be on the images' device, {images.device}; got {gt_boxes.device}. "
+                                 "Fix: gt_boxes.to(images.device)")
             check_gt_boxes(gt_boxes, self.num_classes, batch_size=images.shape[0])  # chapter 04
         feats = self.backbone(images)  # {"p3": (B, F, H/8, W/8), "p4": ..., "p5": ...}
         cls_per_level, box_per_level, ctr_per_level = self.head(feats)  # level -> (B, L_l, C / 4 / 1)
@@ -637,6 +677,7 @@ bad_inputs = {
     "3-D images": (torch.rand(3, 160, 224), batch_gt),
     "H not divisible by 32": (torch.rand(2, 3, 150, 224), batch_gt),
     "uint8 images": ((255 * images).to(torch.uint8), batch_gt),
+    "float64 images": (images.double(), batch_gt),
     "gt_boxes of one image": (images, batch_gt[0]),
     "label 5 with num_classes=5": (images, batch_gt.clone().index_put_((torch.tensor(1), torch.tensor(0), torch.tensor(4)), torch.tensor(5.0))),
     "an infinite coordinate": (images, batch_gt.clone().index_put_((torch.tensor(1), torch.tensor(1), torch.tensor(2)), torch.tensor(float("inf")))),
@@ -647,6 +688,10 @@ for name, (x, y) in bad_inputs.items():
         model(x, y)
     except ValueError as err:
         print(f"{name}: ValueError: {err}")
+try:
+    FCOS(num_classes=2.5)
+except ValueError as err:
+    print("FCOS(num_classes=2.5): ValueError:", err)
 
 # %% [markdown]
 # ## Can it learn? Overfitting a handful of images

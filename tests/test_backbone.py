@@ -156,8 +156,17 @@ def test_check_images_names_the_problem_and_the_fix(images, message):
 
 def test_check_images_accepts_float_batches():
     check_images(torch.rand(2, 3, 64, 96))
-    check_images(torch.rand(1, 3, 32, 32, dtype=torch.float64))
+    check_images(torch.rand(1, 3, 32, 32, dtype=torch.float16))  # the normalisation promotes it to float32
     check_images(torch.rand(0, 3, 32, 32))  # an empty batch is well-formed
+    # float64 is refused (the weights are float32): see tests/test_library_inputs.py
+
+
+def test_half_and_empty_batches_run_through_the_backbone():
+    backbone = BackboneWithFPN(out_channels=16).eval()
+    with torch.no_grad():
+        half = backbone(torch.rand(1, 3, 64, 64).half())
+        empty = backbone(torch.rand(0, 3, 64, 64))
+    assert half["p3"].dtype == torch.float32 and empty["p5"].shape == (0, 16, 2, 2)
 
 
 # --- fine-tuning: FrozenBatchNorm2d and frozen first stages, as torchvision's detection builders
