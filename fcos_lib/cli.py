@@ -184,6 +184,7 @@ def _evaluate(args) -> int:
     from fcos_lib.data import VOCDataset
     from fcos_lib.evaluate import evaluate
     from fcos_lib.report import scalar_metrics
+    from fcos_lib.voc import DatasetError
 
     # Everything that can fail is checked before the (long) evaluation: device, checkpoint,
     # the split and its annotations, and the output folder.
@@ -191,7 +192,18 @@ def _evaluate(args) -> int:
     model, state = model_from_checkpoint(args.checkpoint, device)
     root = Path(args.data) if args.data else make_course_dataset()
     image_size = state["config"]["image_size"]
-    dataset = VOCDataset(root, args.split, class_names=state["class_names"], image_size=image_size)
+    try:
+        dataset = VOCDataset(root, args.split, class_names=state["class_names"], image_size=image_size)
+    except DatasetError as err:
+        others = [p for p in err.problems if p.kind == "unknown class"]
+        if not others or len(others) != len(err.problems):
+            raise
+        # The data is not wrong: the checkpoint knows other classes. Say so, not "fix the annotation".
+        first = others[0]
+        raise DatasetError(
+            f"{args.checkpoint} was trained on the classes {state['class_names']}, but {len(others)} annotation(s) "
+            f"of split {args.split!r} name other classes (first: {Path(first.file).name}); evaluate on data with "
+            "the checkpoint's classes, or train a model on these data's classes") from None
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     # Its own file per split: the run's metrics.json belongs to the training report.
