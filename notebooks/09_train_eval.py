@@ -60,16 +60,16 @@ if "google.colab" in sys.modules:
 # positions. With warm-up, GroupNorm and gradient clipping the network tolerates a higher
 # learning rate, and short runs from scratch learn faster with it: measured on a 2-core CPU with
 # `python -m fcos_lib train --lr ...` (300 iterations, batch 16, 224 px), lr 0.02 against 8e-3
-# gave mAP@0.5 0.615 against 0.582 on the course dataset and 0.067 against 0.052 on a harder
-# held-out one (`bench/bench_vs_torchvision.py`'s). Fine-tuning from ImageNet weights (the VOC run
+# gave COCO-style AP50 0.615 against 0.582 on the first course dataset and 0.067 against 0.052 on
+# a harder held-out one (`bench/bench_vs_torchvision.py`'s), with a ReLU on the box deltas. Fine-tuning from ImageNet weights (the VOC run
 # below) keeps torchvision's reference rate, 0.01 at batch 16, and, as torchvision's detection
 # models do, freezes the trunk's BatchNorm layers (`FrozenBatchNorm2d`: ImageNet's statistics are
 # better than those of a batch of 16 detection images) and its first two stages
 # (`trainable_backbone_layers=3` of 5: the stem and the first stage compute generic edges and
 # textures that ImageNet already taught). From scratch nothing is frozen: there is nothing learnt
-# to keep. Chapter 01 shows both. (Those figures were taken with a
-# ReLU on the box deltas; with chapter 02's `exp` the same main job, `python -m fcos_lib train`,
-# reaches mAP@0.5 0.627 and mAP@[.5:.95] 0.307.)
+# to keep. Chapter 01 shows both. Today's main job (`make train`: chapter 02's `exp` deltas, the
+# course dataset's generator v2) reaches VOC07 mAP@0.5 0.703 (COCO-style AP50 0.720, mAP@[.5:.95]
+# 0.344) on the validation split.
 
 # %%
 #| export config
@@ -1606,7 +1606,7 @@ def format_ap_table(metrics: dict) -> str:
 # %% [markdown]
 # Now the trained model on the validation split. Offline, 60 iterations at 160 px from random
 # weights learn little: expect an mAP near zero here. `make train` (300 iterations at 224 px, a
-# few minutes on a laptop CPU) reaches an mAP@0.5 above 0.5 on the same split (see the README),
+# few minutes on a laptop CPU) reaches a VOC07 mAP@0.5 of 0.70 on the same split (see the README),
 # and the GPU recipe trains for 9,000 iterations from ImageNet weights.
 
 # %%
