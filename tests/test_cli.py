@@ -13,21 +13,9 @@ from PIL import Image
 
 from fcos_lib.cli import build_parser, config_from_args, main
 from fcos_lib.config import baseline_recipe, improved_recipe
-from fcos_lib.course_data import make_course_dataset
 
 TINY = ["--image-size", "64", "--batch-size", "2", "--iters", "3", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return make_course_dataset(tmp_path_factory.mktemp("data") / "voc", num_train=6, num_val=3, seed=1)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY]) == 0
-    return out
+# tiny_data and trained: tests/conftest.py
 
 
 def copy_data(src, dst):
