@@ -85,7 +85,7 @@ def det_width(results, det):
 
 
 def test_missing_data_folder(capsys, tmp_path):
-    err = one_line_error(capsys, ["train", "--data", str(tmp_path / "nowhere"), *TINY])
+    err = one_line_error(capsys, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run"), *TINY])
     assert "nowhere" in err
 
 
