@@ -444,9 +444,16 @@ print([round(lr_multiplier(i, cfg), 3) for i in (0, 5, 10, 50, 100)])
 #
 # A checkpoint holds everything needed to continue exactly: the model, optimiser (momentum
 # buffers), scheduler, mixed-precision scaler, iteration, config, class names, the loss history
-# and the random states. It is written to a temporary file and then renamed, so a crash while
-# saving never leaves a half-written `last.pt`. The loop saves every `checkpoint_every`
-# iterations, at the end, and when it is interrupted (Ctrl-C or an exception).
+# and the random states, and a fingerprint of the training data. It is written to a temporary
+# file with a name of its own (two writers never share one), flushed to the disk (`fsync`), then
+# renamed over `last.pt`, so a crash or a power cut while saving leaves the old checkpoint or the
+# new one, never half of one. It is read back with `torch.load(..., weights_only=True)`: tensors
+# and plain data only, so opening a checkpoint from elsewhere cannot run code.
+#
+# Two things make a resume safe across machines: a run resumed with another recipe or other data
+# is refused, naming each difference (`config_differences`), and a CPU checkpoint (whose
+# mixed-precision scaler is empty) resumes on a GPU with a fresh scaler, and back
+# (`restore_grad_scaler`).
 
 # %%
 #| export checkpoint
