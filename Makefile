@@ -1,17 +1,22 @@
 # The course's commands. Each target creates .venv (Python >= 3.10 with venv) on first use.
 #   make train   the main job: train FCOS on the bundled offline dataset (CPU, minutes)
+#   make lab     install JupyterLab into .venv and open the course in it
 #   make test    every check: unit tests, pairing, export, and all notebooks under strict nbval
 #   make regen   re-execute every notebook in place (offline, seeded) to refresh stored outputs
 #   make export  rewrite fcos_lib/ from the notebooks' `#| export` cells
 #   make bench   run the speed benchmarks in bench/ (a few minutes)
 #   make bench-torchvision   fcos_lib vs torchvision's FCOS, 828 iterations each (~21 min on 2 cores)
+#   make figures the README's images (docs/images/): the main job's loss curve and detections,
+#                and the fcos_lib-vs-torchvision chart from bench/results/ (about 7 min on 2 cores)
+#   make colab   rewrite every Colab badge and install cell from [tool.fcos-course] in pyproject.toml
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LAB_STAMP := $(VENV)/.lab-stamp
 
-.PHONY: install train test regen export bench bench-torchvision clean
+.PHONY: install train lab test regen export bench bench-torchvision figures colab clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +28,14 @@ install: $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m fcos_lib train $(ARGS)
+
+$(LAB_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,lab]"
+	touch $(LAB_STAMP)
+
+# Opens http://localhost:8888/lab in your browser; ARGS=--no-browser on a remote machine.
+lab: $(LAB_STAMP)
+	$(VENV)/bin/jupyter lab notebooks/ $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest --nbval -n 2 --dist loadfile -q
@@ -39,6 +52,12 @@ bench: $(STAMP)
 
 bench-torchvision: $(STAMP)
 	$(PY) bench/bench_vs_torchvision.py
+
+figures: $(STAMP)
+	$(PY) tools/figures.py
+
+colab: $(STAMP)
+	$(PY) tools/colab.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

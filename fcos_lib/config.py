@@ -8,7 +8,7 @@ GroupNorm, centre sampling, GIoU, flips, lr 0.02 with warm-up and cosine decay (
 """
 from __future__ import annotations
 
-__all__ = ['TrainConfig', 'check_config', 'RESUMABLE_CHANGES', 'config_differences', 'baseline_recipe', 'improved_recipe', 'resolve_device']
+__all__ = ['TrainConfig', 'check_config', 'RESUMABLE_CHANGES', 'config_differences', 'baseline_recipe', 'improved_recipe', 'COURSE_ITERS', 'VOC_ITERS', 'course_recipe', 'voc_recipe', 'resolve_device']
 
 import dataclasses
 import math
@@ -141,6 +141,33 @@ def baseline_recipe(**changes) -> TrainConfig:
 def improved_recipe(**changes) -> TrainConfig:
     """The course's default: GroupNorm, centre sampling, GIoU, flips, lr 0.02 with warm-up + cosine."""
     return TrainConfig().replace(**changes)
+
+
+COURSE_ITERS = 300  # the course dataset: the main job, minutes on a 2-core CPU
+VOC_ITERS = 9000    # PASCAL VOC 2007 trainval, on a GPU
+
+
+def course_recipe(**changes) -> TrainConfig:
+    """The main job: the improved recipe on the generated course dataset, decoded once into memory.
+
+    What `python -m fcos_lib train` runs without --data, and what chapter 09 trains in the offline
+    and course run modes: 300 iterations of 16 images at 224 px, warm-up over the first 30.
+    """
+    return improved_recipe(iters=COURSE_ITERS, warmup_iters=COURSE_ITERS // 10, in_memory=True,
+                           num_workers=0).replace(**changes)
+
+
+def voc_recipe(data, **changes) -> TrainConfig:
+    """The full recipe: PASCAL VOC 2007 trainval -> test from ImageNet weights, for a GPU.
+
+    `data` is the VOCdevkit/VOC2007 folder that fcos_lib.voc.download_voc returns.
+    """
+    from fcos_lib.voc import VOC_CLASSES
+
+    return improved_recipe(
+        data=str(data), classes=VOC_CLASSES, train_split="trainval", val_split="test",
+        pretrained_backbone=True, iters=VOC_ITERS, batch_size=16, lr=0.01, in_memory=True,
+    ).replace(**changes)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -10,7 +10,8 @@ __all__ = ['draw_boxes']
 import torch
 
 
-def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None, difficult=None, linewidth=1.5):
+def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None, difficult=None, linewidth=1.5,
+               fontsize=8):
     """Draw xyxy boxes on a matplotlib axis, one colour per class (or `color` for all).
 
     Args:
@@ -18,6 +19,7 @@ def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None
         labels: (K,) class indices; with `class_names`, the names are written above the boxes.
         scores: (K,) optional scores, written after the names.
         difficult: (K,) optional bool; difficult objects are drawn dashed.
+        fontsize: of the name/score labels, which sit on a patch of the box's colour.
     """
     from matplotlib import patches
     import matplotlib.pyplot as plt
@@ -32,5 +34,6 @@ def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None
         text = class_names[label] if class_names is not None and label is not None else ""
         if scores is not None:
             text = f"{text} {float(scores[k]):.2f}".strip()
-        if text:
-            ax.text(box[0], box[1] - 2, text, color=colour, fontsize=7)
+        if text:  # on a patch of the box's colour: legible on any background
+            ax.text(box[0], box[1], text, color="black" if colour == "white" else "white", fontsize=fontsize,
+                    va="bottom", clip_on=True, bbox=dict(facecolor=colour, edgecolor="none", alpha=0.85, pad=1))

@@ -379,7 +379,8 @@ def _map_metric(**kwargs) -> MeanAveragePrecision:
 
 @torch.no_grad()
 def collect_detections(model: torch.nn.Module, dataset, batch_size: int = 16, device: str | torch.device = "cpu",
-                       score_thresh: float = 0.05, num_workers: int = 0, progress: bool = False) -> tuple[list, list]:
+                       score_thresh: float = 0.05, num_workers: int = 0, progress: bool = False,
+                       use_centerness: bool = True) -> tuple[list, list]:
     """Run `model` over a VOCDataset; detections and ground truth per image, in original pixels.
 
     Returns:
@@ -392,7 +393,7 @@ def collect_detections(model: torch.nn.Module, dataset, batch_size: int = 16, de
     model = model.to(device)
     predictions, ground_truths = [], []
     for images, _, targets in tqdm(loader, desc="evaluate", disable=not progress):
-        detections = detect(model, images.to(device), targets, score_thresh=score_thresh)
+        detections = detect(model, images.to(device), targets, score_thresh=score_thresh, use_centerness=use_centerness)
         predictions += [{k: d[k].cpu() for k in ("boxes", "scores", "labels")} for d in detections]
         ground_truths += [{"boxes": boxes_to_original(t["boxes"], t), "labels": t["labels"], "difficult": t["difficult"]}
                           for t in targets]
@@ -440,9 +441,14 @@ def detection_metrics(predictions: list, ground_truths: list, class_names) -> di
 
 
 def evaluate(model: torch.nn.Module, dataset, batch_size: int = 16, device: str | torch.device = "cpu",
-             score_thresh: float = 0.05, num_workers: int = 0, progress: bool = False) -> dict:
-    """mAP of `model` on a VOCDataset, in each image's original pixels: detection_metrics + num_images."""
-    predictions, ground_truths = collect_detections(model, dataset, batch_size, device, score_thresh, num_workers, progress)
+             score_thresh: float = 0.05, num_workers: int = 0, progress: bool = False,
+             use_centerness: bool = True) -> dict:
+    """mAP of `model` on a VOCDataset, in each image's original pixels: detection_metrics + num_images.
+
+    use_centerness=False scores detections by the class probability alone (chapter 09's ablation).
+    """
+    predictions, ground_truths = collect_detections(model, dataset, batch_size, device, score_thresh, num_workers,
+                                                    progress, use_centerness)
     return {**detection_metrics(predictions, ground_truths, dataset.class_names), "num_images": len(dataset)}
 
 

@@ -71,7 +71,8 @@ def _image_sizes_or_input(image_sizes, batch_size: int, input_size) -> list:
 
 
 def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float = 0.6,
-                     topk_candidates: int = 1000, max_detections: int = 100, image_sizes=None) -> list:
+                     topk_candidates: int = 1000, max_detections: int = 100, image_sizes=None,
+                     use_centerness: bool = True) -> list:
     """Detections for every image of a batch, in network-input pixels.
 
     Args:
@@ -84,6 +85,8 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
         max_detections: at most this many detections per image, best first.
         image_sizes: list of B (h, w) ints, each image's real content in network-input pixels
             before the letterbox padding (target["resized_size"]); None: the whole (H, W) input.
+        use_centerness: score = sqrt(sigmoid(cls) * sigmoid(ctr)) when True (the default); the
+            class probability sigmoid(cls) alone when False, to measure what centerness adds.
     Returns:
         list of B dicts: boxes (K, 4) float32 with 0 <= x1 < x2 <= w, 0 <= y1 < y2 <= h of
         their image, scores (K,) in (0, 1], labels (K,) int64 in [0, C), sorted by decreasing score.
@@ -96,8 +99,10 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
     cls_logits, box_deltas, ctr_logits = predictions.cls_logits, predictions.box_deltas, predictions.ctr_logits
     B, L, C = cls_logits.shape
     image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
-    # New tensors, never sigmoid_(): the caller's predictions stay logits (seed ERRATA 8).
-    scores = torch.sqrt(torch.sigmoid(cls_logits.float()) * torch.sigmoid(ctr_logits.float()))  # (B, L, C)
+    # New tensors, never sigmoid_(): the caller's predictions stay logits (pitfall P12, docs/pitfalls.md).
+    scores = torch.sigmoid(cls_logits.float())  # (B, L, C)
+    if use_centerness:
+        scores = torch.sqrt(scores * torch.sigmoid(ctr_logits.float()))  # (B, L, C), see "Why a square root"
     boxes = fcos_apply_deltas_to_locations(box_deltas.float(), predictions.locations, predictions.strides)  # (B, L, 4)
     # Clip to each image's content, not to the padded input, BEFORE NMS (as torchvision's image_shapes).
     limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)  # (B, 4)

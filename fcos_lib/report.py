@@ -6,7 +6,7 @@ write_run_report.
 """
 from __future__ import annotations
 
-__all__ = ['plot_loss_curve', 'plot_detections', 'scalar_metrics', 'write_run_report']
+__all__ = ['plot_loss_curve', 'plot_detections', 'scalar_metrics', 'write_run_report', 'plot_vs_torchvision']
 
 import json
 import math
@@ -102,3 +102,21 @@ def write_run_report(cfg: TrainConfig, state: dict, progress: bool = False) -> d
     fig.savefig(out / "detections.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return metrics
+
+
+def plot_vs_torchvision(result: dict, ax=None):
+    """Bar chart of a bench_vs_torchvision result: the four mAP figures of fcos_lib and torchvision."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 2.8))[1]
+    keys = ("voc07_map50", "voc_map50", "map50", "map")
+    names = ("VOC07 mAP@0.5", "VOC mAP@0.5", "COCO AP50", "COCO mAP@[.5:.95]")
+    for offset, who in ((-0.2, "fcos_lib"), (0.2, "torchvision")):
+        bars = ax.bar([i + offset for i in range(len(keys))], [result[who][k] for k in keys], width=0.4,
+                      label=f"{who} ({result[who]['train_images_per_s']:.1f} train img/s)")
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set(xticks=range(len(keys)), xticklabels=names, ylabel="AP",
+           title=f"{result['iters']} iterations, batch {result['batch_size']}, {result['image_size']} px")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.legend(fontsize=7, loc="upper right")
+    return ax

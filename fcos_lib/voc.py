@@ -300,5 +300,13 @@ def download_voc(root=None, year: str = "2007", image_set: str = "trainval") -> 
         )
     from torchvision.datasets import VOCDetection  # imported here: only needed when downloading
 
-    VOCDetection(str(root), year=year, image_set=image_set, download=True)
+    try:
+        VOCDetection(str(root), year=year, image_set=image_set, download=True)
+    except (OSError, RuntimeError) as err:  # URLError, timeouts, a full disk, a bad checksum
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DatasetError(
+            f"download_voc: could not download PASCAL VOC {year} {image_set} into {root} ({reason}). "
+            "The official host is often down: download the VOC tar files from a mirror, extract them "
+            f"into {root} so that it holds VOCdevkit/VOC{year}/, and call download_voc again."
+        ) from err
     return folder

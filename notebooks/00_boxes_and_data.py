@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 00 · Boxes and data
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/fcos-course/fcos-from-scratch/blob/v0.1.0/notebooks/00_boxes_and_data.ipynb)
+#
 # Every later chapter moves boxes around: it matches them to feature-map locations, turns them
 # into regression targets, decodes predictions back into them and scores them. One mistake in
 # the box format (a swapped axis, a 1-based pixel, a box in the wrong image's pixels) silently
@@ -29,10 +31,17 @@
 
 # %%
 # On Colab, install the course library at the version this notebook was written for.
+# Written by `make colab` from [tool.fcos-course] in pyproject.toml: edit there, not here.
 import subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"], check=True)
+    PACKAGE = "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        raise SystemExit(
+            f"Could not install {PACKAGE} (pip's last lines are above). Fix: make sure the runtime has "
+            "internet and the repository and tag exist, then Runtime > Restart session and run this cell "
+            "again. Without fcos_lib the chapter stops at its first import.")
 
 # %%
 #| default_exp data
@@ -54,13 +63,17 @@ if "google.colab" in sys.modules:
 
 # %%
 #| export env
-"""Where the course runs: the offline switch and the folder that holds datasets.
+"""Where the course runs: the run mode, the offline switch, the folder that holds datasets.
 
-Chapter 00 of the FCOS course (notebooks/00_boxes_and_data.py). Every module that could reach the
-network (ImageNet weights in chapter 01, PASCAL VOC in chapter 00) asks `is_offline()` first.
+Chapter 00 of the FCOS course (notebooks/00_boxes_and_data.py). The run mode is decided here and
+nowhere else; every module that could reach the network (ImageNet weights in chapter 01, PASCAL
+VOC in chapter 00) asks `is_offline()` first.
 """
 import os
+from contextlib import contextmanager
 from pathlib import Path
+
+RUN_MODES = ("offline", "course", "voc")
 
 
 def is_offline() -> bool:
@@ -68,10 +81,72 @@ def is_offline() -> bool:
     return os.environ.get("FCOS_OFFLINE", "0") == "1"
 
 
+@contextmanager
+def offline_only():
+    """Inside the block FCOS_OFFLINE=1, so nothing downloads; the previous value comes back after."""
+    before = os.environ.get("FCOS_OFFLINE")
+    os.environ["FCOS_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["FCOS_OFFLINE"]
+        else:
+            os.environ["FCOS_OFFLINE"] = before
+
+
+def _has_cuda() -> bool:
+    import torch  # imported here: the rest of this module needs no torch
+
+    return torch.cuda.is_available()
+
+
+def run_mode() -> tuple[str, str]:
+    """The course's run mode and why it was chosen: ("offline" | "course" | "voc", reason).
+
+    - "offline": FCOS_OFFLINE=1 (CI). The course dataset, the CPU, nothing downloaded.
+    - "course": the default without a CUDA GPU. The course dataset, minutes on a CPU.
+    - "voc": the default with a CUDA GPU. PASCAL VOC 2007 (downloaded if it is not on disk).
+    FCOS_MODE=offline|course|voc asks for a mode explicitly; FCOS_OFFLINE=1 wins over it.
+    """
+    if is_offline():
+        return "offline", "FCOS_OFFLINE=1"
+    asked = os.environ.get("FCOS_MODE", "").strip().lower()
+    if asked:
+        if asked not in RUN_MODES:
+            raise ValueError(f"FCOS_MODE={asked!r} is not a run mode; use one of {', '.join(RUN_MODES)} (or unset it)")
+        return asked, f"FCOS_MODE={asked}"
+    if _has_cuda():
+        return "voc", "a CUDA GPU is available; FCOS_MODE=course trains on the course dataset instead"
+    return "course", "no CUDA GPU; FCOS_MODE=voc trains on PASCAL VOC anyway (hours on a CPU)"
+
+
+def describe_run_mode() -> str:
+    """One line for a notebook's first output: the run mode, and how to change it."""
+    mode, reason = run_mode()
+    return f"run mode: {mode} ({reason})"
+
+
 def default_data_dir() -> Path:
     """Where datasets live: $FCOS_DATA_DIR if set, else ~/.cache/fcos_lib."""
     env = os.environ.get("FCOS_DATA_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fcos_lib"
+
+# %% [markdown]
+# The course runs in one of three **run modes**, chosen once, by `run_mode()`, and printed at the
+# top of the chapters that depend on it (this one and chapter 09):
+#
+# | mode | when | data | training in chapter 09 |
+# |---|---|---|---|
+# | `offline` | `FCOS_OFFLINE=1` (CI, `make test`) | the generated course dataset | the main job, CPU, minutes; nothing is downloaded |
+# | `course` | no CUDA GPU (a laptop, a CPU-only Colab runtime) | the course dataset | the main job, minutes; GPU if you ask for this mode on one |
+# | `voc` | a CUDA GPU, or `FCOS_MODE=voc` | PASCAL VOC 2007, downloaded once (about 910 MB) | the full recipe, 9,000 iterations on the GPU (its time is not yet measured by this project) |
+#
+# `FCOS_MODE=offline|course|voc` overrides the choice. Cells that only *illustrate* something
+# (an error message, a folder layout) never touch the network, whatever the mode.
+
+# %%
+print(describe_run_mode())
 
 # %%
 #| export voc
@@ -316,7 +391,7 @@ assert ann["size"] == (100, 200)  # (H, W), the order torch uses for images
 # %% [markdown]
 # ## A dataset generated on the spot
 #
-# PASCAL VOC is 900 MB and needs a GPU to train on. The course needs a dataset that is
+# PASCAL VOC 2007 is a 910 MB download (trainval 460 MB + test 451 MB) and needs a GPU to train on. The course needs a dataset that is
 # *offline* (CI has no network), *deterministic* (stored notebook outputs must not change), and
 # *learnable from scratch on a CPU in minutes*. So we draw one: five classes, each with its own
 # **shape and colour family** (jittered), on mildly textured, gradient backgrounds:
@@ -1120,7 +1195,8 @@ function, so importing fcos_lib never needs a display.
 import torch
 
 
-def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None, difficult=None, linewidth=1.5):
+def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None, difficult=None, linewidth=1.5,
+               fontsize=8):
     """Draw xyxy boxes on a matplotlib axis, one colour per class (or `color` for all).
 
     Args:
@@ -1128,6 +1204,7 @@ def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None
         labels: (K,) class indices; with `class_names`, the names are written above the boxes.
         scores: (K,) optional scores, written after the names.
         difficult: (K,) optional bool; difficult objects are drawn dashed.
+        fontsize: of the name/score labels, which sit on a patch of the box's colour.
     """
     from matplotlib import patches
     import matplotlib.pyplot as plt
@@ -1142,8 +1219,9 @@ def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None
         text = class_names[label] if class_names is not None and label is not None else ""
         if scores is not None:
             text = f"{text} {float(scores[k]):.2f}".strip()
-        if text:
-            ax.text(box[0], box[1] - 2, text, color=colour, fontsize=7)
+        if text:  # on a patch of the box's colour: legible on any background
+            ax.text(box[0], box[1], text, color="black" if colour == "white" else "white", fontsize=fontsize,
+                    va="bottom", clip_on=True, bbox=dict(facecolor=colour, edgecolor="none", alpha=0.85, pad=1))
 
 
 # %%
@@ -1227,9 +1305,11 @@ plt.show()
 # %% [markdown]
 # ## The real PASCAL VOC, and your own data
 #
-# `download_voc` fetches PASCAL VOC with `torchvision.datasets.VOCDetection` (about 450 MB for
-# 2007 trainval) and returns the `VOCdevkit/VOC2007` folder for `VOCDataset`. Offline it never
-# downloads: it returns a copy already on disk, or says how to get one.
+# `download_voc` fetches PASCAL VOC with `torchvision.datasets.VOCDetection` (460 MB for 2007
+# trainval, 451 MB for 2007 test) and returns the `VOCdevkit/VOC2007` folder for `VOCDataset`. A
+# copy already on disk is used as it is. Offline it never downloads, and a download that fails
+# (the official host is often down) raises a one-line `DatasetError` that says where to put a
+# copy from a mirror.
 #
 # Your own data: export in the "Pascal VOC" format from LabelImg or CVAT, make sure the folder
 # has `ImageSets/Main/train.txt` and `val.txt` (one image id per line), and pass the folder to
@@ -1260,14 +1340,27 @@ def download_voc(root=None, year: str = "2007", image_set: str = "trainval") -> 
         )
     from torchvision.datasets import VOCDetection  # imported here: only needed when downloading
 
-    VOCDetection(str(root), year=year, image_set=image_set, download=True)
+    try:
+        VOCDetection(str(root), year=year, image_set=image_set, download=True)
+    except (OSError, RuntimeError) as err:  # URLError, timeouts, a full disk, a bad checksum
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DatasetError(
+            f"download_voc: could not download PASCAL VOC {year} {image_set} into {root} ({reason}). "
+            "The official host is often down: download the VOC tar files from a mirror, extract them "
+            f"into {root} so that it holds VOCdevkit/VOC{year}/, and call download_voc again."
+        ) from err
     return folder
 
+# %% [markdown]
+# What a missing copy looks like offline. The cell sets `FCOS_OFFLINE=1` for the duration of the
+# call, so it shows the message without starting a 460 MB download in any run mode:
+
 # %%
-try:
-    download_voc(example_dir, "2007", "trainval")
-except DatasetError as err:
-    print(str(err).replace(str(example_dir), "<root>"))
+with offline_only():
+    try:
+        download_voc(example_dir, "2007", "trainval")
+    except DatasetError as err:
+        print(str(err).replace(str(example_dir), "<root>"))
 
 # %% [markdown]
 # ## When the data is wrong
@@ -1372,7 +1465,8 @@ shutil.rmtree(example_dir)
 #   targets; `boxes_to_original` maps boxes back to the original image.
 # - Where it lives: `fcos_lib.voc` (XML, folders, download), `fcos_lib.course_data` (the generated
 #   set), `fcos_lib.transforms` (letterbox), `fcos_lib.data` (dataset, batches),
-#   `fcos_lib.drawing` (pictures), `fcos_lib.env` (the offline switch).
-# - Pitfall to remember: VOC boxes are 1-based and inclusive; forget the `- 1` on `xmin, ymin` and
-#   every box is one pixel off, and a box thinner than a stride may be learnt by no location at all.
+#   `fcos_lib.drawing` (pictures), `fcos_lib.env` (the run mode and the offline switch).
+# - Pitfall to remember ([P1](../docs/pitfalls.md#p1-voc-boxes-read-as-0-based)): VOC boxes are
+#   1-based and inclusive; forget the `- 1` on `xmin, ymin` and every box is one pixel off, and a
+#   box thinner than a stride may be learnt by no location at all.
 # - Next chapter: the backbone and the FPN that turn `images` into the p3, p4 and p5 features.

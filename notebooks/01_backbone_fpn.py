@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 01 · Backbone and feature pyramid
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/fcos-course/fcos-from-scratch/blob/v0.1.0/notebooks/01_backbone_fpn.ipynb)
+#
 # FCOS predicts a box at every location of several feature maps. Small objects need a fine
 # map (stride 8), large objects a coarse one (stride 32), and every map needs features that
 # know *what* is there. This chapter builds the part of the detector that produces those maps:
@@ -29,10 +31,17 @@
 
 # %%
 # On Colab, install the course library at the version this notebook was written for.
+# Written by `make colab` from [tool.fcos-course] in pyproject.toml: edit there, not here.
 import subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"], check=True)
+    PACKAGE = "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        raise SystemExit(
+            f"Could not install {PACKAGE} (pip's last lines are above). Fix: make sure the runtime has "
+            "internet and the repository and tag exist, then Runtime > Restart session and run this cell "
+            "again. Without fcos_lib the chapter stops at its first import.")
 
 # %%
 #| default_exp backbone
@@ -75,7 +84,7 @@ for name, stage in regnet.trunk_output.named_children():
 print("max-pool layers:", sum(isinstance(m, nn.MaxPool2d) for m in regnet.modules()))
 
 # %% [markdown]
-# > **Pitfall (seed, ERRATA 3).** The seed describes the backbone as
+# > **Pitfall P2** ([the course's pitfalls note](../docs/pitfalls.md#p2-max-pooling-in-the-backbone-and-a-removed-weights-argument)). The seed describes the backbone as
 # > "conv – max-pool – conv – max-pool" stacks with stride-1 3x3 convolutions. RegNetX has no
 # > max-pool at all: each stage downsamples with a **strided** 3x3 convolution, as printed
 # > above. The seed also loads weights with `regnet_x_400mf(pretrained=True)`, an argument
@@ -314,7 +323,7 @@ assert channels == {k: v.shape[1] for k, v in feats.items()}
 # our code against torchvision's number for number. Keeping the output convs off the top-down
 # path also means each 3x3 conv serves one level only.
 #
-# > **Pitfall (seed, ERRATA 2).** The seed's text says `p4` is "downsampled" before it is added
+# > **Pitfall P3** ([the course's pitfalls note](../docs/pitfalls.md#p3-an-fpn-that-downsamples-and-sends-the-wrong-map-down)). The seed's text says `p4` is "downsampled" before it is added
 # > to `c3`'s lateral: it must be *up*sampled (`p4` is half the size of `c3`). Its code also
 # > sends the output-conv'd `p5` down the path instead of the lateral sum `m5`. That variant
 # > trains, but it is not the standard FPN and stacks the 3x3 convs of every level above on
@@ -666,3 +675,21 @@ print("parameters:", sum(prm.numel() for prm in model.parameters()))
 print("all finite:", all(torch.isfinite(x).all().item() for x in pyramid.values()))
 print("parameters without gradient:", no_grad)
 assert list(pyramid) == ["p3", "p4", "p5"] and not no_grad
+
+# %% [markdown]
+# ## Summary
+#
+# - RegNetX-400MF, read at three depths, gives `c3`, `c4`, `c5` (64, 160, 400 channels,
+#   strides 8, 16, 32); it downsamples with strided convolutions, not pooling.
+# - The standard FPN (1x1 laterals, nearest x2 upsampling of the lateral sum, 3x3 output
+#   convs) turns them into `p3`, `p4`, `p5` with `F` channels each; it matches torchvision's
+#   `FeaturePyramidNetwork` number for number.
+# - Fine-tuning from ImageNet freezes the trunk's BatchNorm and its first two stages; from
+#   scratch everything trains. Offline, asking for the weights fails at once with a fix.
+# - Where it lives: `fcos_lib.backbone` (`BackboneWithFPN`, `FPN`, `make_regnet_x_400mf`,
+#   `check_images`), `fcos_lib.checks` (`check_int`, `check_flag`, `check_positive_number`).
+# - Pitfall to remember: the top-down path *up*samples, and what flows down is the lateral
+#   sum, not the output of the 3x3 conv
+#   ([P3](../docs/pitfalls.md#p3-an-fpn-that-downsamples-and-sends-the-wrong-map-down)).
+# - Next chapter: the head that predicts classes, boxes and centerness at every location of
+#   `p3`, `p4`, `p5`.

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 02 · The prediction head
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/fcos-course/fcos-from-scratch/blob/v0.1.0/notebooks/02_head.ipynb)
+#
 # Chapter 01 gave us three feature maps, `p3`, `p4`, `p5`, each `(B, F, H_l, W_l)`. FCOS
 # predicts, at **every location** of every level:
 #
@@ -29,10 +31,17 @@
 
 # %%
 # On Colab, install the course library at the version this notebook was written for.
+# Written by `make colab` from [tool.fcos-course] in pyproject.toml: edit there, not here.
 import subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"], check=True)
+    PACKAGE = "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        raise SystemExit(
+            f"Could not install {PACKAGE} (pip's last lines are above). Fix: make sure the runtime has "
+            "internet and the repository and tag exist, then Runtime > Restart session and run this cell "
+            "again. Without fcos_lib the chapter stops at its first import.")
 
 # %%
 #| default_exp head
@@ -171,7 +180,7 @@ print("positive_deltas:", [round(v, 3) for v in positive_deltas(x).tolist()], "g
 #
 # For `π = 0.01`: `b = -log(99) ≈ -4.595`.
 #
-# > **Pitfall (seed, ERRATA 4).** The seed's stems use **1x1** convolutions: each location
+# > **Pitfall P4** ([the course's pitfalls note](../docs/pitfalls.md#p4-1x1-stems-and-a-partial-init-in-the-head)). The seed's stems use **1x1** convolutions: each location
 # > would then only see its own feature vector, while FCOS's 3x3 convs widen what each
 # > prediction sees. The seed also gives only the stems the N(0, 0.01) init and leaves the
 # > three predictors at PyTorch's default (Kaiming-uniform, far larger), so the initial
@@ -188,7 +197,7 @@ print("positive_deltas:", [round(v, 3) for v in positive_deltas(x).tolist()], "g
 # `exp(x)`, not the raw conv output `x`. At initialisation `x ≈ 0`, so every location starts
 # with a box reaching one stride on each side.
 #
-# > **Pitfall: ReLU on the deltas (the later FCOS, torchvision's head) has a dead zone.** A side
+# > **Pitfall P5** ([the course's pitfalls note](../docs/pitfalls.md#p5-a-relu-on-the-box-deltas)). **A ReLU on the deltas (the later FCOS, torchvision's head) has a dead zone.** A side
 # > predicted negative is cut to 0 and gets no gradient through the GIoU loss (chapter 07). If
 # > early training pushes the shared bias of the box conv below 0, every side is dead and the
 # > box loss sits at exactly 1.0 for the rest of the run. We saw it happen: without centre
@@ -318,7 +327,7 @@ for k in (0, 13, 14, 139):
 # ## Picture: the initial outputs
 #
 # Before training, the head should be calm: class probabilities bunched around π, box deltas
-# bunched around `exp(0) = 1` (one stride on each side), centerness logits small (well under 1
+# bunched around `exp(0) = 1` (one stride on each side), centerness logits small (below 1
 # in size). A histogram per output over all locations of the batch shows it.
 
 # %%
@@ -361,3 +370,19 @@ for use_groupnorm in (True, False):
     print("  parameters without gradient:", no_grad)
     assert not no_grad
     assert [x.shape[1] for x in cls_logits.values()] == [28 * 40, 14 * 20, 7 * 10]
+
+# %% [markdown]
+# ## Summary
+#
+# - One head, the same weights on every level: two stems of 3x3 conv + GroupNorm + ReLU, then
+#   three predictors: `C` class logits, 4 box deltas `exp(x)` in strides, 1 centerness logit
+#   (on the regression branch, as the later FCOS and torchvision).
+# - Every head conv starts from N(0, 0.01), and the class bias from `-log(99)`, so that every
+#   location first says "1 % object".
+# - Outputs are flattened row-major to `(B, h*w, K)`: row `k` is the cell
+#   `(h, w) = divmod(k, W_l)`.
+# - Where it lives: `fcos_lib.head` (`FCOSHead`, `flatten_level`, `positive_deltas`,
+#   `group_norm_groups`).
+# - Pitfall to remember: a ReLU on the box deltas can die and never recover; `exp` keeps a
+#   gradient everywhere ([P5](../docs/pitfalls.md#p5-a-relu-on-the-box-deltas)).
+# - Next chapter: the image point `(x, y)` that each of those rows stands for.

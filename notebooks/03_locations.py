@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 03 · Feature locations in image pixels
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/fcos-course/fcos-from-scratch/blob/v0.1.0/notebooks/03_locations.ipynb)
+#
 # The head of chapter 02 makes one prediction per cell of each feature map: `(B, L_l, ...)`
 # per level, row `k` for the cell `(h, w) = divmod(k, W_l)`. To train it we must say, for
 # each row `k`, *where in the image* that prediction sits: is that point inside a box? how
@@ -32,10 +34,17 @@
 
 # %%
 # On Colab, install the course library at the version this notebook was written for.
+# Written by `make colab` from [tool.fcos-course] in pyproject.toml: edit there, not here.
 import subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"], check=True)
+    PACKAGE = "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        raise SystemExit(
+            f"Could not install {PACKAGE} (pip's last lines are above). Fix: make sure the runtime has "
+            "internet and the repository and tag exist, then Runtime > Restart session and run this cell "
+            "again. Without fcos_lib the chapter stops at its first import.")
 
 # %%
 #| default_exp locations
@@ -197,7 +206,7 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# > **Pitfall (seed, ERRATA 1).** The seed's `get_fpn_location_coords` takes `x` from the
+# > **Pitfall P6** ([the course's pitfalls note](../docs/pitfalls.md#p6-x-and-y-swapped-in-the-locations)). The seed's `get_fpn_location_coords` takes `x` from the
 # > **row** index and `y` from the **column** index. On a square input that mistake is
 # > invisible in a picture like the one above: the set of points is the same, only their
 # > order changes. But order is the whole point. The head's row `k` is the cell
@@ -242,3 +251,15 @@ for level, (H_l, W_l) in shapes.items():
     print(f"{level}: {H_l} x {W_l} cells, {len(locs)} locations, every k paired with its own cell:",
           torch.equal(decoded, predictions))
     assert torch.equal(decoded, predictions)
+
+# %% [markdown]
+# ## Summary
+#
+# - The cell `(h, w)` of a level with stride `s` sits at `x = (w + 0.5) * s`,
+#   `y = (h + 0.5) * s`, listed row-major, `k = h * W_l + w`, the head's order.
+# - A 224 x 224 input has 784 + 196 + 49 = 1029 locations.
+# - Where it lives: `fcos_lib.locations` (`get_fpn_location_coords`, `check_strides`).
+# - Pitfall to remember: `x` comes from the column, `y` from the row; swapped, every prediction
+#   off the diagonal is trained against the wrong place, which a picture of a square input hides
+#   ([P6](../docs/pitfalls.md#p6-x-and-y-swapped-in-the-locations)).
+# - Next chapter: which ground-truth box each location is responsible for.

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 04 · Matching locations to boxes
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/fcos-course/fcos-from-scratch/blob/v0.1.0/notebooks/04_matching.ipynb)
+#
 # Chapter 03 put every prediction of the head at a point `(x, y)` of the image. Training needs,
 # for each of those points, an answer: *which ground-truth box is this location responsible
 # for, if any?* A location with a box learns that box's class and its four distances; a
@@ -38,10 +40,17 @@
 
 # %%
 # On Colab, install the course library at the version this notebook was written for.
+# Written by `make colab` from [tool.fcos-course] in pyproject.toml: edit there, not here.
 import subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"], check=True)
+    PACKAGE = "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        raise SystemExit(
+            f"Could not install {PACKAGE} (pip's last lines are above). Fix: make sure the runtime has "
+            "internet and the repository and tag exist, then Runtime > Restart session and run this cell "
+            "again. Without fcos_lib the chapter stops at its first import.")
 
 # %%
 #| default_exp matching
@@ -561,7 +570,9 @@ show_matching(0, 1.5, levels=("p3",))  # the default view, drawn once as a stati
 #   through a row of locations (`x1 = 4`, the first `p3` column: `l = 0`, not inside);
 # - **tiny**: 2 x 2 px between locations (no location strictly inside: never learnt) and a
 #   3 x 3 box around one `p3` location;
-# - **image-sized**: `(0, 0, 224, 160)`, only `p5` (and only where `m > 128`);
+# - **image-sized**: `(0, 0, 224, 160)`, too large for `p3`. It is not only `p5`'s: near the
+#   image centre `m` is below 128 (at the `p4` location `(104, 88)`, `m = max(104, 88, 120, 72)
+#   = 120`), so `p4` learns it there, and `p5` where `m > 128`;
 # - **identical** boxes with different classes (equal areas: the first row wins);
 # - **none**: an image whose rows are all padding.
 #
@@ -592,3 +603,19 @@ for radius in (None, 1.5):
     print(f"radius={radius}: same as torchvision: {torch.equal(ours, theirs)}; "
           f"matched locations per box: {fg_per_box}")
     assert torch.equal(ours, theirs)
+
+# %% [markdown]
+# ## Summary
+#
+# - A location learns the box that contains it (all four distances `> 0`), whose largest
+#   distance `m = max(l, t, r, b)` lies in its level's range (`p3` below 64, `p4` 64–128, `p5`
+#   above 128, bounds strict), and, among those, the one with the smallest area. With centre
+#   sampling it must also lie within `1.5 x stride` of the box's centre.
+# - All of it runs at once on `(B, L, N)` tensors, and agrees with torchvision's FCOS at every
+#   location, also on adversarial boxes.
+# - Where it lives: `fcos_lib.matching` (`fcos_match_locations_to_gt`, `fcos_match_indices`,
+#   `scale_ranges_per_fpn_level`, and the checks `check_gt_boxes`, `check_class_labels`).
+# - Pitfall to remember: the scale range is measured from the location, not from the box, so
+#   one box can be learnt on two levels; and a degenerate box would never be learnt, so it
+#   is refused with an error that names it.
+# - Next chapter: turn each matched box into the four distances the head regresses.

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 05 · Box deltas: from boxes to regression targets and back
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/fcos-course/fcos-from-scratch/blob/v0.1.0/notebooks/05_deltas.ipynb)
+#
 # Chapter 04 told every location which box it is responsible for. The head's box branch
 # (chapter 02) predicts four numbers per location; FCOS (Tian et al. 2019, §3.1) makes them
 # the **distances from the location to the box's four sides**:
@@ -23,11 +25,13 @@
 #
 # No anchor box, no width/height: four distances, all positive when the location is inside.
 #
-# **Divided by the stride.** A `p5` box is about 4x larger than a `p3` box (chapter 04's
-# scale ranges), so in pixels the `p5` targets would be 4x larger too, and one shared head
-# would have to output very different ranges per level. We divide the distances by the
-# level's stride (as torchvision's FCOS does with `BoxLinearCoder(normalize_by_size=True)`):
-# the targets then lie in the same few units at every level. The head predicts these
+# **Divided by the stride.** Chapter 04's scale ranges send large objects to coarse levels:
+# the largest distance `m` of a `p3` target is below 64 px, that of a `p5` target above 128 px.
+# In pixels, one shared head would have to output a different range at each level. We divide
+# the distances by the level's stride (as torchvision's FCOS does with
+# `BoxLinearCoder(normalize_by_size=True)`). The stride grows with the level as `m` does, so
+# the targets lie in the same few units at every level: below 8 strides at `p3` and `p4`
+# (`64 = 8 · 8`, `128 = 8 · 16`). The head predicts these
 # stride-unit deltas as `exp(x)`, positive by construction (chapter 02). The paper instead
 # regresses pixel distances as `exp(s_l · x)`, with a learnable scale `s_l` per level to
 # absorb the size difference; in units of the stride that scale is not needed, and we do
@@ -39,10 +43,17 @@
 
 # %%
 # On Colab, install the course library at the version this notebook was written for.
+# Written by `make colab` from [tool.fcos-course] in pyproject.toml: edit there, not here.
 import subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"], check=True)
+    PACKAGE = "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        raise SystemExit(
+            f"Could not install {PACKAGE} (pip's last lines are above). Fix: make sure the runtime has "
+            "internet and the repository and tag exist, then Runtime > Restart session and run this cell "
+            "again. Without fcos_lib the chapter stops at its first import.")
 
 # %%
 #| default_exp deltas
@@ -192,9 +203,12 @@ print("torchvision:", BoxLinearCoder(normalize_by_size=True).encode(anchor, matc
 # %% [markdown]
 # ## Picture: why divide by the stride
 #
-# All foreground deltas of a batch of the course dataset (chapter 04's matching, center
-# sampling on), per level: in pixels each level lives in its own range; in strides they
-# overlap, which is what a head shared by all levels wants.
+# All foreground deltas (each of `l, t, r, b`) of a batch of the course dataset (chapter 04's
+# matching, center sampling on), per level. In pixels the levels overlap at the low end (a
+# side close to its location is short at any level) but reach different maxima: in this batch
+# `p3` goes up to 64 px, `p4` to 127 px, `p5` to 142 px (printed under the figure). Divided by
+# the stride, every level stays within 0 to 8 strides, which is what a head shared by all
+# levels wants.
 
 # %%
 strides = {"p3": 8, "p4": 16, "p5": 32}
@@ -294,7 +308,7 @@ assert boxes[1, 1].tolist() == [0, 0, 100, 96]
 print("without image_size:", fcos_apply_deltas_to_locations(predicted[1], locations, 8)[1].tolist())
 
 # %% [markdown]
-# > **Pitfall (seed, ERRATA 6).** The seed's `fcos_apply_deltas_to_locations` has three
+# > **Pitfall P7** ([the course's pitfalls note](../docs/pitfalls.md#p7-decoding-boxes-from-the-wrong-location-without-a-clamp)). The seed's `fcos_apply_deltas_to_locations` has three
 # > faults. (1) It gives every background row the box of `locations[0]`, the first location
 # > of the image, instead of its own: a decoded prediction then sits at the top-left corner.
 # > (2) It never clamps predicted deltas at 0, so a slightly negative output yields a box
@@ -339,3 +353,18 @@ fg, deltas, decoded, target = round_trip(gt_boxes)
 error = (decoded - target).abs().max().item()
 print(f"raw float boxes: largest error {error:.1e} px, below 2e-5: {error < 2e-5}")
 assert error < 2e-5
+
+# %% [markdown]
+# ## Summary
+#
+# - A location's regression target is its distances to the four sides of its box,
+#   `(l, t, r, b)`, divided by its level's stride; background rows are `-1`.
+# - Decoding is the inverse: deltas are clamped at 0, every row uses its own location, and
+#   boxes can be clipped to the image's `(H, W)`. Boxes -> deltas -> boxes is exact on a
+#   1/256-px grid.
+# - Where it lives: `fcos_lib.deltas` (`fcos_get_deltas_from_locations`,
+#   `fcos_apply_deltas_to_locations`), checked against torchvision's `BoxLinearCoder`.
+# - Pitfall to remember: decode each row with its own location, clamp predicted deltas, and
+#   never test a network output for the `-1` target marker
+#   ([P7](../docs/pitfalls.md#p7-decoding-boxes-from-the-wrong-location-without-a-clamp)).
+# - Next chapter: centerness, the third target, and every target of a batch in one call.

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 07 · Losses, and the full FCOS model
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/fcos-course/fcos-from-scratch/blob/v0.1.0/notebooks/07_losses.ipynb)
+#
 # Chapters 01–06 built every piece: features, the head's raw outputs, the locations, and for
 # every location its target (matched box, LTRB deltas, centerness). This chapter turns
 # "prediction vs target" into three numbers the optimiser can push down (FCOS, Tian et al.
@@ -30,10 +32,17 @@
 
 # %%
 # On Colab, install the course library at the version this notebook was written for.
+# Written by `make colab` from [tool.fcos-course] in pyproject.toml: edit there, not here.
 import subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"], check=True)
+    PACKAGE = "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        raise SystemExit(
+            f"Could not install {PACKAGE} (pip's last lines are above). Fix: make sure the runtime has "
+            "internet and the repository and tag exist, then Runtime > Restart session and run this cell "
+            "again. Without fcos_lib the chapter stops at its first import.")
 
 # %%
 #| default_exp losses
@@ -193,7 +202,7 @@ print("values agree with torchvision:", torch.allclose(ours, theirs, atol=1e-7),
 print(one_hot_targets(torch.tensor([[2, -1, 0]]), num_classes=3))
 
 # %% [markdown]
-# > **Pitfall (seed, ERRATA 9).** The seed builds its one-hot targets with
+# > **Pitfall P9** ([the course's pitfalls note](../docs/pitfalls.md#p9-the-number-of-classes-hard-coded-in-the-loss)). The seed builds its one-hot targets with
 # > `one_hot(labels + 1, num_classes=21)`: the 20 VOC classes plus background, hard-coded. On
 # > any other dataset (our generated one has 5 classes) that either crashes or, worse, trains
 # > against targets with the wrong number of columns. `one_hot_targets` takes `C` from the
@@ -321,7 +330,7 @@ print("values agree with torchvision:", torch.allclose(ours, theirs, atol=1e-6),
 #   batch to batch, but it is *hidden state*: the loss of a batch depends on every batch
 #   before it; computing a validation loss changes the model; the first dozens of steps
 #   divide by a made-up 150; it is not in `state_dict`, so a resumed run is not the run that
-#   was interrupted.
+#   was interrupted. (Pitfall P10, [the course's pitfalls note](../docs/pitfalls.md#p10-a-loss-normaliser-kept-as-hidden-state).)
 # - **torchvision: this batch's count**, `max(1, num_foreground)`. The loss is a pure
 #   function of the weights and the batch.
 #
@@ -329,7 +338,7 @@ print("values agree with torchvision:", torch.allclose(ours, theirs, atol=1e-6),
 # reproducible and chapter 09 can resume a run bit for bit; the clamp makes a batch without
 # any object divide by 1 (its box and centerness losses are 0 and the class loss is the plain
 # sum). The price, a noisier scale, is small with batches of 8–16 images: the count is then
-# in the hundreds. We keep it as a tensor (`clamp`, not `.item()`), so a GPU never waits.
+# a hundred or more most of the time (below: 80 to 210 per batch of 8). We keep it as a tensor (`clamp`, not `.item()`), so a GPU never waits.
 #
 # The picture: foreground locations per image on the course dataset (224 x 224, centre
 # sampling radius 1.5, as the model trains), and the batch count that divides each batch's
@@ -694,6 +703,69 @@ except ValueError as err:
     print("FCOS(num_classes=2.5): ValueError:", err)
 
 # %% [markdown]
+# ## Picture: the whole model, with its shapes
+#
+# The diagram of "The full model", drawn with the shapes of a real forward pass: the model just built, run
+# in eval mode on a batch of two black 224 x 224 images. Every shape on the figure is read
+# from that pass (and printed under it); `B` stands for the batch size. The backbone gives
+# `c3`, `c4`, `c5`; the FPN brings them to `F = 64` channels; one head, the same weights on
+# each level, gives the three branches, with the levels concatenated
+# (`L = 784 + 196 + 49 = 1029` locations).
+
+# %%
+from matplotlib import patches
+
+
+def draw_architecture(shapes: dict, locations_per_level: list):
+    """Backbone -> FPN -> shared head -> three branches, each box labelled with its tensor's shape."""
+    def show(shape):  # (2, 64, 28, 28) -> "(B, 64, 28, 28)"
+        return "(B, " + ", ".join(str(n) for n in shape[1:]) + ")"
+
+    def box(x, y, w, text, color):
+        ax.add_patch(patches.FancyBboxPatch((x, y), w, 0.9, boxstyle="round,pad=0.05", fc=color, ec="black"))
+        ax.text(x + w / 2, y + 0.45, text, ha="center", va="center", fontsize=9)
+
+    def arrow(start, end, **style):
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", **style))
+
+    fig, ax = plt.subplots(figsize=(13, 4.2))
+    rows = {"3": 3.6, "4": 2.0, "5": 0.4}  # y of each level, finest on top
+    box(0.0, 2.0, 1.7, "images\n" + show(shapes["images"]), "lightgrey")
+    arrow((1.75, 2.6), (2.15, 3.9))
+    for level, y in rows.items():
+        box(2.2, y, 2.1, f"c{level}\n" + show(shapes[f"c{level}"]), "#cfe2f3")
+        box(5.2, y, 2.1, f"p{level}\n" + show(shapes[f"p{level}"]), "#d9ead3")
+        arrow((4.35, y + 0.45), (5.15, y + 0.45))  # lateral 1x1 conv
+        arrow((7.35, y + 0.45), (8.15, 2.45))  # into the shared head
+        if level != "3":
+            arrow((3.25, y + 1.5), (3.25, y + 0.95))  # backbone, bottom-up
+            arrow((6.25, y + 0.95), (6.25, y + 1.5), linestyle="--")  # FPN, top-down
+    ax.add_patch(patches.FancyBboxPatch((8.2, 1.2), 2.0, 2.5, boxstyle="round,pad=0.05", fc="#fce5cd", ec="black"))
+    ax.text(9.2, 2.45, "one shared head\n(same weights on\np3, p4, p5)\n2 stems of 4 x\n[3x3 conv, GN, ReLU]\n"
+            + " + ".join(str(n) for n in locations_per_level) + "\nlocations", ha="center", va="center", fontsize=9)
+    for name, y in (("class logits, C", 3.6), ("box deltas (exp), 4", 2.0), ("centerness logit, 1", 0.4)):
+        box(10.9, y, 2.1, f"{name}\n" + show(shapes[name.split()[0]]), "#ead1dc")
+        arrow((10.25, 2.45), (10.85, y + 0.45))
+    for x, title in ((3.25, "backbone: RegNetX-400MF"), (6.25, "FPN"), (9.2, "head"), (11.95, "levels concatenated")):
+        ax.text(x, 4.85, title, ha="center", fontsize=10, weight="bold")
+    ax.set(xlim=(-0.1, 13.1), ylim=(0.2, 5.1))
+    ax.axis("off")
+    plt.show()
+
+
+model.eval()
+with torch.no_grad():
+    arch_images = torch.zeros(2, 3, 224, 224)
+    arch_shapes = {"images": tuple(arch_images.shape)}
+    arch_shapes.update({k: tuple(v.shape) for k, v in model.backbone.body(arch_images).items()})  # c3, c4, c5
+    arch_shapes.update({k: tuple(v.shape) for k, v in model.backbone(arch_images).items()})  # p3, p4, p5
+    arch_predictions = model(arch_images)
+arch_shapes.update({"class": tuple(arch_predictions.cls_logits.shape), "box": tuple(arch_predictions.box_deltas.shape),
+                    "centerness": tuple(arch_predictions.ctr_logits.shape)})
+draw_architecture(arch_shapes, arch_predictions.num_locations_per_level)
+print(arch_shapes)
+
+# %% [markdown]
 # ## Can it learn? Overfitting a handful of images
 #
 # The test every new detector must pass first: given a few images and many steps, the
@@ -703,7 +775,7 @@ except ValueError as err:
 #
 # Four course images at 128 x 128, Adam, 60 steps on the CPU, with one CPU thread: for a
 # batch this small more threads gain little, and on a busy 2-core machine (Colab, CI) threads
-# waiting for each other made this loop ten times slower.
+# that wait for each other can make this loop many times slower.
 
 # %%
 torch.manual_seed(0)
@@ -747,10 +819,29 @@ plt.show()
 #
 # The losses fell: the last total loss is well under half the first, and every component
 # fell too. (The centerness loss falls least, and never reaches 0: its targets are soft
-# numbers in [0, 1], so even a perfect prediction keeps their binary entropy.) The model, its targets and its losses fit together; chapter 08 turns its raw
-# predictions into boxes, and chapter 09 trains it on the whole dataset.
+# numbers in [0, 1], so even a perfect prediction keeps their binary entropy.) The model,
+# its targets and its losses fit together.
 
 # %%
 first, last = history[0], history[-1]
 print("total: last < 0.5 * first:", last["total"] < 0.5 * first["total"])
 print("every loss fell:", all(last[k] < first[k] for k in ("loss_cls", "loss_box", "loss_ctr")))
+
+# %% [markdown]
+# ## Summary
+#
+# - Three losses, each summed and divided by the batch's foreground count (at least 1): the
+#   focal loss on the class logits at every location, GIoU (or L1) on the boxes and binary
+#   cross-entropy on the centerness, at foreground locations only.
+# - `FCOS` assembles chapters 01–06: backbone + FPN + shared head; losses in training mode,
+#   raw `FCOSPredictions` in eval mode. It checks its inputs with the checks of chapters 01
+#   and 04.
+# - Where it lives: `fcos_lib.losses` (`sigmoid_focal_loss`, `one_hot_targets`, `giou_loss`,
+#   `fcos_loss`), `fcos_lib.model` (`FCOS`, `FCOSPredictions`, `check_finite_losses`).
+# - Pitfall to remember: take the number of classes from the model's output, never hard-code
+#   it ([P9](../docs/pitfalls.md#p9-the-number-of-classes-hard-coded-in-the-loss)); and divide
+#   by this batch's count, not a moving average kept on the model
+#   ([P10](../docs/pitfalls.md#p10-a-loss-normaliser-kept-as-hidden-state)).
+# - Overfitting four images is the first test of any detector: if the losses do not fall,
+#   something upstream is wrong.
+# - Next chapter: turn the raw predictions into detections: scores, top-k, decoding, NMS.

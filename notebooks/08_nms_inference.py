@@ -15,13 +15,18 @@
 # %% [markdown]
 # # 08 · Non-maximum suppression and batched inference
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/fcos-course/fcos-from-scratch/blob/v0.1.0/notebooks/08_nms_inference.ipynb)
+#
 # In eval mode the model of chapter 07 returns, for every location, `C` class logits, four
 # box deltas and a centerness logit: about a thousand candidate boxes per image at 224 x 224.
 # An object covers many locations, and each of them predicts (nearly) the same box. This
 # chapter turns those raw outputs into a short list of detections per image:
 #
-# 1. **score** each (location, class): `sqrt(sigmoid(cls) · sigmoid(ctr))` (FCOS, Tian et al.
-#    2019, §3.3: centerness down-weights boxes predicted far from an object's centre);
+# 1. **score** each (location, class): the FCOS paper (Tian et al. 2019, §3.3) multiplies the
+#    class probability by the predicted centerness, `sigmoid(cls) · sigmoid(ctr)`, so that boxes
+#    predicted far from an object's centre rank lower; like the official FCOS code and
+#    torchvision, we report the square root of that product, `sqrt(sigmoid(cls) · sigmoid(ctr))`
+#    (see "Why a square root" below);
 # 2. keep the **top-k** candidates per level above a **score threshold**;
 # 3. **decode** their boxes and clip them to the image's real content (not to the padded
 #    input), dropping the boxes left with zero area;
@@ -33,10 +38,17 @@
 
 # %%
 # On Colab, install the course library at the version this notebook was written for.
+# Written by `make colab` from [tool.fcos-course] in pyproject.toml: edit there, not here.
 import subprocess, sys
 if "google.colab" in sys.modules:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"], check=True)
+    PACKAGE = "fcos-lib @ git+https://github.com/fcos-course/fcos-from-scratch@v0.1.0"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:])
+        raise SystemExit(
+            f"Could not install {PACKAGE} (pip's last lines are above). Fix: make sure the runtime has "
+            "internet and the repository and tag exist, then Runtime > Restart session and run this cell "
+            "again. Without fcos_lib the chapter stops at its first import.")
 
 # %%
 #| default_exp nms
@@ -231,7 +243,7 @@ for name, (boxes, scores, threshold) in refused.items():
         print(f"{name:12s} -> ValueError: {err}")
 
 # %% [markdown]
-# > **Pitfall (seed, ERRATA 7).** The seed's `nms` cannot run: it imports `iou` from a
+# > **Pitfall P11** ([the course's pitfalls note](../docs/pitfalls.md#p11-an-nms-that-cannot-run)). The seed's `nms` cannot run: it imports `iou` from a
 # > module that does not exist (`two_stage_detector`), then masks the 2-D IoU matrix with a
 # > 2-D mask of itself and indexes `boxes[:, mask]` (the wrong axis, and it never removes the
 # > box it just kept, so the loop would not end), and it returns the kept *boxes* instead of
@@ -370,6 +382,28 @@ iou_slider.observe(redraw, names="value")
 display(widgets.VBox([widgets.HBox([score_slider, iou_slider]), redrawn]))
 
 # %% [markdown]
+# ## Why a square root
+#
+# The FCOS paper (§3.3) ranks boxes by the class probability `p` multiplied by the predicted
+# centerness `c`. The official FCOS code and torchvision's `FCOS.postprocess_detections` report
+# the square root, `sqrt(p · c)`, and so do we. (The official code thresholds `p` alone at 0.05,
+# then multiplies by `c` and takes the square root; torchvision and this course threshold
+# `sqrt(p · c)` itself.) Two reasons:
+#
+# - **It changes no ranking.** The square root is increasing: `sqrt(p · c) > sqrt(p' · c')`
+#   exactly when `p · c > p' · c'`. Boxes come out in the same order, within an image and
+#   across images, so NMS keeps the same boxes and AP, which only uses that order, is the same.
+#   The one thing that moves is the score threshold: `sqrt(p · c) > t` is `p · c > t²`.
+# - **It keeps the score on the scale of a probability.** `sqrt(p · c)` is the geometric mean of
+#   two probabilities: when both are 0.6 it is 0.6, where the product is 0.36. A threshold like
+#   0.05 or 0.3 then means roughly what it means for a class probability. The plain product of
+#   two probabilities is much smaller: a box with `p = c = 0.2` scores 0.04 and would fall under
+#   the default threshold 0.05, while its square root, 0.2, passes.
+#
+# This is a different square root from the one inside the centerness target (chapter 06): that
+# one is part of the paper's definition of `c`; this one is applied to the score.
+
+# %% [markdown]
 # ## Batched inference
 #
 # Now the real thing: the model's `FCOSPredictions` for a batch of `B` images. torchvision
@@ -407,7 +441,7 @@ display(widgets.VBox([widgets.HBox([score_slider, iou_slider]), redrawn]))
 # that the three prediction tensors are finite (one `.all()` over the stacked results) and
 # name the tensor that is not; `nms_thresh` outside `[0, 1]` is refused too.
 #
-# > **Pitfall (seed, ERRATA 8).** The seed's `inference` handles one image only (it indexes
+# > **Pitfall P12** ([the course's pitfalls note](../docs/pitfalls.md#p12-inference-for-one-image-with-an-in-place-sigmoid)). The seed's `inference` handles one image only (it indexes
 # > `[0]` and ignores the rest of the batch) and calls `sigmoid_()` *in place* on the
 # > network's outputs: a second call on the same predictions applies the sigmoid twice, and
 # > anything else holding those tensors (a loss, a plot) silently sees probabilities instead
@@ -484,7 +518,8 @@ def _image_sizes_or_input(image_sizes, batch_size: int, input_size) -> list:
 
 
 def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float = 0.6,
-                     topk_candidates: int = 1000, max_detections: int = 100, image_sizes=None) -> list:
+                     topk_candidates: int = 1000, max_detections: int = 100, image_sizes=None,
+                     use_centerness: bool = True) -> list:
     """Detections for every image of a batch, in network-input pixels.
 
     Args:
@@ -497,6 +532,8 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
         max_detections: at most this many detections per image, best first.
         image_sizes: list of B (h, w) ints, each image's real content in network-input pixels
             before the letterbox padding (target["resized_size"]); None: the whole (H, W) input.
+        use_centerness: score = sqrt(sigmoid(cls) * sigmoid(ctr)) when True (the default); the
+            class probability sigmoid(cls) alone when False, to measure what centerness adds.
     Returns:
         list of B dicts: boxes (K, 4) float32 with 0 <= x1 < x2 <= w, 0 <= y1 < y2 <= h of
         their image, scores (K,) in (0, 1], labels (K,) int64 in [0, C), sorted by decreasing score.
@@ -509,8 +546,10 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
     cls_logits, box_deltas, ctr_logits = predictions.cls_logits, predictions.box_deltas, predictions.ctr_logits
     B, L, C = cls_logits.shape
     image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
-    # New tensors, never sigmoid_(): the caller's predictions stay logits (seed ERRATA 8).
-    scores = torch.sqrt(torch.sigmoid(cls_logits.float()) * torch.sigmoid(ctr_logits.float()))  # (B, L, C)
+    # New tensors, never sigmoid_(): the caller's predictions stay logits (pitfall P12, docs/pitfalls.md).
+    scores = torch.sigmoid(cls_logits.float())  # (B, L, C)
+    if use_centerness:
+        scores = torch.sqrt(scores * torch.sigmoid(ctr_logits.float()))  # (B, L, C), see "Why a square root"
     boxes = fcos_apply_deltas_to_locations(box_deltas.float(), predictions.locations, predictions.strides)  # (B, L, 4)
     # Clip to each image's content, not to the padded input, BEFORE NMS (as torchvision's image_shapes).
     limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)  # (B, 4)
@@ -700,7 +739,7 @@ print("network pixels:", in_network["boxes"].tolist(), "| photo pixels:", in_pho
 print("model back in training mode:", stand_in.training)
 
 # %% [markdown]
-# > **Pitfall: clip to the image, not to the padded input, before NMS.** A photo 224 wide and
+# > **Pitfall P13** ([the course's pitfalls note](../docs/pitfalls.md#p13-boxes-clipped-to-the-padded-input-before-nms)). **Clip to the image, not to the padded input, before NMS.** A photo 224 wide and
 # > 112 tall fills the top half of the 224 x 224 input (`resized_size = (112, 224)`). Three
 # > class-0 boxes, best first: `(10, 80, 60, 200)` and `(10, 80, 60, 115)` differ only below
 # > `y = 112`, in the padding; `(10, 150, 60, 200)` lies wholly in the padding. Clipped to the
@@ -942,3 +981,21 @@ checks = {
 for name, ok in checks.items():
     print(f"{name}: {ok}")
 print("detections per image:", [len(d["boxes"]) for d in detections])
+
+# %% [markdown]
+# ## Summary
+#
+# - Greedy NMS computes the `(K, K)` IoU matrix once and loops only over the boxes it keeps;
+#   the class-specific version shifts each class to its own region of the plane, so one call
+#   does the work of `C`. Both agree with torchvision.
+# - Post-processing runs on the whole batch: score `sqrt(sigmoid(cls) · sigmoid(ctr))`,
+#   threshold and top-k per level, decode, clip to each image's content, drop zero-area boxes,
+#   NMS per image, at most `max_detections`.
+# - Where it lives: `fcos_lib.nms` (`pairwise_iou`, `nms`, `class_specific_nms`),
+#   `fcos_lib.inference` (`fcos_postprocess`, `detect`, `detect_files`, `image_files`).
+# - Pitfall to remember: clip each box to its image's content, not to the padded input, before
+#   NMS ([P13](../docs/pitfalls.md#p13-boxes-clipped-to-the-padded-input-before-nms)); and never
+#   apply the sigmoid in place to the network's outputs
+#   ([P12](../docs/pitfalls.md#p12-inference-for-one-image-with-an-in-place-sigmoid)).
+# - Next chapter: train the model on the whole dataset and measure it (PASCAL VOC and
+#   COCO-style mAP).

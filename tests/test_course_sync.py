@@ -2,9 +2,9 @@
 
 - every notebooks/NN_*.ipynb has its py:percent twin and the two hold the same cells;
 - fcos_lib/ equals a fresh export of the notebooks' `#| export` cells;
-- every notebook installs the same git ref of the package on Colab.
+- every Colab badge and install cell follows [tool.fcos-course] in pyproject.toml (tools/colab.py).
 """
-import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +42,25 @@ def test_package_matches_fresh_export():
     assert done.returncode == 0, done.stderr + "\nrun `make export` and commit fcos_lib/"
 
 
-def test_notebooks_install_the_same_package_ref_on_colab():
-    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
-    for script in SCRIPTS:
-        refs = set(re.findall(r"fcos-from-scratch(?:\.git)?@([\w.\-]+)", script.read_text()))
-        assert refs == {f"v{version}"}, f"{script.name} installs {refs or 'nothing'} on Colab, not v{version}"
+def test_colab_badges_and_install_cells_follow_pyproject():
+    # [tool.fcos-course] in pyproject.toml is the one definition; tools/colab.py writes the rest.
+    done = subprocess.run([sys.executable, "tools/colab.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_fork_changes_one_definition_and_make_colab_rewrites_everything(tmp_path):
+    for name in ("README.md", "pyproject.toml", "jupytext.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints"))
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text()
+                         .replace('repository = "fcos-course/fcos-from-scratch"', 'repository = "a-learner/fcos-fork"')
+                         .replace('ref = "v', 'ref = "fork-v'))
+    check = [sys.executable, str(ROOT / "tools" / "colab.py"), "--root", str(tmp_path), "--check"]
+    assert subprocess.run(check, capture_output=True).returncode == 1  # the copy disagrees with its new definition
+    subprocess.run(check[:-1], check=True, capture_output=True)
+    assert subprocess.run(check, capture_output=True, text=True).stdout == ""
+    texts = [(tmp_path / "README.md").read_text()] + [p.read_text() for p in (tmp_path / "notebooks").glob("[0-9]*_*.*")]
+    assert not any("fcos-course/fcos-from-scratch" in text for text in texts)
+    assert sum(text.count("github.com/a-learner/fcos-fork@fork-v") for text in texts) == 2 * len(NOTEBOOKS)
+    assert sum(text.count("github/a-learner/fcos-fork/blob/fork-v") for text in texts) == 3 * len(NOTEBOOKS)
