@@ -1,6 +1,6 @@
 # The course's commands. Each target creates .venv (Python >= 3.10 with venv) on first use.
 #   make train   the main job: train FCOS on the bundled offline dataset (CPU, minutes)
-#   make lab     install JupyterLab into .venv and open the course in it
+#   make lab     install JupyterLab into .venv and open the course in it (make lab-check: headless check)
 #   make test    every check: unit tests, pairing, export, and all notebooks under strict nbval
 #   make regen   re-execute every notebook in place (offline, seeded) to refresh stored outputs
 #   make export  rewrite fcos_lib/ from the notebooks' `#| export` cells
@@ -16,7 +16,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 LAB_STAMP := $(VENV)/.lab-stamp
 
-.PHONY: install train lab test regen export bench bench-torchvision figures colab clean
+.PHONY: install train lab lab-check test regen export bench bench-torchvision figures colab clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,12 @@ $(LAB_STAMP): $(STAMP)
 lab: $(LAB_STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $(ARGS)
 
+# Start JupyterLab headless, fetch the lab page and chapter 00, stop it (tools/lab_check.py).
+lab-check: $(LAB_STAMP)
+	$(PY) tools/lab_check.py
+
 test: $(STAMP)
-	$(PY) -m pytest --nbval -n 2 --dist loadfile -q
+	$(PY) -m pytest --nbval -n 2 --dist loadfile --no-loadscope-reorder -q
 
 regen: $(STAMP)
 	$(PY) tools/export.py

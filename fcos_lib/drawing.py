@@ -25,6 +25,7 @@ def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None
     import matplotlib.pyplot as plt
 
     palette = plt.get_cmap("tab10").colors
+    top, height = min(ax.get_ylim()), abs(ax.get_ylim()[1] - ax.get_ylim()[0])  # of the picture on ax
     for k, box in enumerate(torch.as_tensor(boxes).reshape(-1, 4).tolist()):
         label = None if labels is None else int(labels[k])
         colour = color or (palette[label % len(palette)] if label is not None else "white")
@@ -35,5 +36,8 @@ def draw_boxes(ax, boxes, labels=None, scores=None, class_names=None, color=None
         if scores is not None:
             text = f"{text} {float(scores[k]):.2f}".strip()
         if text:  # on a patch of the box's colour: legible on any background
+            # Above the box, or just inside it when the box touches the top of the picture.
+            inside = box[1] - top < 0.07 * height
             ax.text(box[0], box[1], text, color="black" if colour == "white" else "white", fontsize=fontsize,
-                    va="bottom", clip_on=True, bbox=dict(facecolor=colour, edgecolor="none", alpha=0.85, pad=1))
+                    va="top" if inside else "bottom", clip_on=True,
+                    bbox=dict(facecolor=colour, edgecolor="none", alpha=0.85, pad=1))
