@@ -8,7 +8,7 @@ GroupNorm, centre sampling, GIoU, flips, lr 0.02 with warm-up and cosine decay (
 """
 from __future__ import annotations
 
-__all__ = ['TrainConfig', 'check_config', 'RESUMABLE_CHANGES', 'config_differences', 'baseline_recipe', 'improved_recipe', 'COURSE_ITERS', 'VOC_ITERS', 'course_recipe', 'voc_recipe', 'resolve_device']
+__all__ = ['TrainConfig', 'check_config', 'RESUMABLE_CHANGES', 'config_differences', 'baseline_recipe', 'improved_recipe', 'COURSE_ITERS', 'VOC_ITERS', 'course_recipe', 'voc_recipe', 'recipe_for_mode', 'resolve_device']
 
 import dataclasses
 import math
@@ -168,6 +168,32 @@ def voc_recipe(data, **changes) -> TrainConfig:
         data=str(data), classes=VOC_CLASSES, train_split="trainval", val_split="test",
         pretrained_backbone=True, iters=VOC_ITERS, batch_size=16, lr=0.01, in_memory=True,
     ).replace(**changes)
+
+
+def recipe_for_mode(mode: str, voc_root=None, out: str = "runs/chapter09") -> tuple[TrainConfig, str | None]:
+    """Chapter 09's run in a run mode (fcos_lib.env.run_mode): (config, None or a one-line note).
+
+    - "offline": the main job on the CPU; "course": the main job, on the GPU if there is one.
+    - "voc": voc_recipe on PASCAL VOC 2007 in `voc_root` (default: default_data_dir() / "voc"),
+      downloaded if it is not there. If that fails, the note says why in one line and the run is
+      the course mode's: a missing dataset never stops the chapter.
+    """
+    from fcos_lib.env import RUN_MODES, default_data_dir
+    from fcos_lib.voc import DatasetError, download_voc
+
+    if mode not in RUN_MODES:
+        raise ValueError(f"mode {mode!r} is not a run mode; use one of {', '.join(RUN_MODES)}")
+    note = None
+    if mode == "voc":
+        root = voc_root if voc_root is not None else default_data_dir() / "voc"
+        try:
+            voc = download_voc(root, year="2007", image_set="trainval")
+            download_voc(root, year="2007", image_set="test")
+            return voc_recipe(voc, out=out), None
+        except DatasetError as err:
+            note = f"PASCAL VOC is not available, so this run trains the main job instead. {err}"
+            mode = "course"
+    return course_recipe(device="cpu" if mode == "offline" else "auto", out=out), note
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -257,6 +257,32 @@ def voc_recipe(data, **changes) -> TrainConfig:
     ).replace(**changes)
 
 
+def recipe_for_mode(mode: str, voc_root=None, out: str = "runs/chapter09") -> tuple[TrainConfig, str | None]:
+    """Chapter 09's run in a run mode (fcos_lib.env.run_mode): (config, None or a one-line note).
+
+    - "offline": the main job on the CPU; "course": the main job, on the GPU if there is one.
+    - "voc": voc_recipe on PASCAL VOC 2007 in `voc_root` (default: default_data_dir() / "voc"),
+      downloaded if it is not there. If that fails, the note says why in one line and the run is
+      the course mode's: a missing dataset never stops the chapter.
+    """
+    from fcos_lib.env import RUN_MODES, default_data_dir
+    from fcos_lib.voc import DatasetError, download_voc
+
+    if mode not in RUN_MODES:
+        raise ValueError(f"mode {mode!r} is not a run mode; use one of {', '.join(RUN_MODES)}")
+    note = None
+    if mode == "voc":
+        root = voc_root if voc_root is not None else default_data_dir() / "voc"
+        try:
+            voc = download_voc(root, year="2007", image_set="trainval")
+            download_voc(root, year="2007", image_set="test")
+            return voc_recipe(voc, out=out), None
+        except DatasetError as err:
+            note = f"PASCAL VOC is not available, so this run trains the main job instead. {err}"
+            mode = "course"
+    return course_recipe(device="cpu" if mode == "offline" else "auto", out=out), note
+
+
 # %% [markdown]
 # The presets differ exactly where the table says:
 
@@ -970,25 +996,16 @@ import os
 from pathlib import Path
 
 import torch
-from fcos_lib.config import course_recipe, voc_recipe
-from fcos_lib.env import default_data_dir, describe_run_mode, run_mode
-from fcos_lib.voc import DatasetError, download_voc
+from fcos_lib.config import recipe_for_mode
+from fcos_lib.env import describe_run_mode, run_mode
 
 mode, _ = run_mode()
 print(describe_run_mode())
-if mode == "voc":
-    voc_root = os.environ.get("VOC_ROOT", default_data_dir() / "voc")
-    try:
-        voc = download_voc(voc_root, year="2007", image_set="trainval")
-        download_voc(voc_root, year="2007", image_set="test")
-        cfg = voc_recipe(voc, out="runs/voc07")
-    except DatasetError as err:
-        print(f"PASCAL VOC is not available, so this run trains the main job instead. {err}")
-        mode = "course"
-if mode != "voc":
-    cfg = course_recipe(device="cpu" if mode == "offline" else "auto", out="runs/chapter09")
+cfg, note = recipe_for_mode(mode, voc_root=os.environ.get("VOC_ROOT"))  # VOC_ROOT: a copy of VOC on disk
+if note:  # the voc mode without VOC: one line, then the main job
+    print(note)
 device = resolve_device(cfg.device)
-if mode == "voc" and device.type == "cpu":
+if cfg.data is not None and device.type == "cpu":
     print("warning: the VOC recipe on a CPU takes many hours; FCOS_MODE=course trains the main job in minutes")
 print("data:", cfg.data or "the course dataset", "| iters:", cfg.iters, "| batch:", cfg.batch_size,
       "| image size:", cfg.image_size, "| device:", device.type)

@@ -6,7 +6,7 @@ import torch
 
 import fcos_lib.env as env
 from fcos_lib.cli import COURSE_DEFAULT_ITERS, FULL_DEFAULT_ITERS, build_parser, config_from_args
-from fcos_lib.config import COURSE_ITERS, VOC_ITERS, course_recipe, voc_recipe
+from fcos_lib.config import COURSE_ITERS, VOC_ITERS, course_recipe, recipe_for_mode, voc_recipe
 from fcos_lib.voc import VOC_CLASSES, DatasetError, download_voc
 
 
@@ -112,3 +112,36 @@ def test_scores_without_centerness_are_the_class_probabilities():
     assert torch.allclose(with_ctr["scores"], torch.sqrt(p * c)[None])
     assert torch.allclose(without_ctr["scores"], p[None])
     assert torch.equal(with_ctr["boxes"], without_ctr["boxes"])
+
+
+@pytest.mark.parametrize("mode, device", [("offline", "cpu"), ("course", "auto")])
+def test_the_offline_and_course_modes_train_the_main_job(mode, device):
+    cfg, note = recipe_for_mode(mode)
+    assert cfg == course_recipe(device=device, out="runs/chapter09") and note is None
+
+
+def test_the_voc_mode_trains_voc_when_it_is_on_disk(tmp_path):
+    folder = tmp_path / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main"
+    folder.mkdir(parents=True)
+    for split in ("trainval", "test"):
+        (folder / f"{split}.txt").write_text("000001\n")
+    cfg, note = recipe_for_mode("voc", voc_root=tmp_path)
+    assert note is None and cfg == voc_recipe(tmp_path / "VOCdevkit" / "VOC2007", out="runs/chapter09")
+
+
+def test_the_voc_mode_falls_back_to_the_main_job_in_one_line_when_the_download_fails(learner, tmp_path):
+    import torchvision.datasets
+
+    def host_down(*args, **kwargs):
+        raise urllib.error.URLError("[Errno 111] Connection refused")
+
+    learner.setattr(torchvision.datasets, "VOCDetection", host_down)
+    cfg, note = recipe_for_mode("voc", voc_root=tmp_path)
+    assert cfg == course_recipe(device="auto", out="runs/chapter09")
+    assert note.startswith("PASCAL VOC is not available, so this run trains the main job instead.")
+    assert "\n" not in note and "Connection refused" in note
+
+
+def test_an_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="mode 'gpu' is not a run mode"):
+        recipe_for_mode("gpu")
