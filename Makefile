@@ -5,7 +5,7 @@
 #   make regen   re-execute every notebook in place (offline, seeded) to refresh stored outputs
 #   make export  rewrite fcos_lib/ from the notebooks' `#| export` cells
 #   make bench   run the speed benchmarks in bench/ (a few minutes)
-#   make bench-torchvision   fcos_lib vs torchvision's FCOS, 828 iterations each (~21 min on 2 cores)
+#   make bench-torchvision   fcos_lib vs torchvision's FCOS, 828 iterations each (about 40 min on 2 cores)
 #   make figures the README's images (docs/images/): the main job's loss curve and detections,
 #                and the fcos_lib-vs-torchvision chart from bench/results/ (about 7 min on 2 cores)
 #   make colab   rewrite every Colab badge and install cell from [tool.fcos-course] in pyproject.toml

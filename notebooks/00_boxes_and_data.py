@@ -140,7 +140,7 @@ def default_data_dir() -> Path:
 # |---|---|---|---|
 # | `offline` | `FCOS_OFFLINE=1` (CI, `make test`) | the generated course dataset | the main job, CPU, minutes; nothing is downloaded |
 # | `course` | no CUDA GPU (a laptop, a CPU-only Colab runtime) | the course dataset | the main job, minutes; GPU if you ask for this mode on one |
-# | `voc` | a CUDA GPU, or `FCOS_MODE=voc` | PASCAL VOC 2007, downloaded once (about 910 MB) | the full recipe, 9,000 iterations on the GPU (its time is not yet measured by this project) |
+# | `voc` | a CUDA GPU, or `FCOS_MODE=voc` | PASCAL VOC 2007, downloaded once (911 MB) | the full recipe, 9,000 iterations on the GPU (its time is not yet measured by this project) |
 #
 # `FCOS_MODE=offline|course|voc` overrides the choice. Cells that only *illustrate* something
 # (an error message, a folder layout) never touch the network, whatever the mode.
@@ -264,8 +264,8 @@ EXAMPLE_XML = """<annotation>
 # One tolerance, because real exports need it: a box may cross the image border **a little**, and
 # is then clipped to the image. "A little" is 2 % of that side of the image, and at least 2 px
 # (`border_tolerance`). Annotators drag boxes to the edge and overshoot by a pixel or two, and
-# exporters disagree on 0- or 1-based coordinates (LabelImg and CVAT can write `xmin=0`); a public
-# 4,000-photo LabelImg export has 48 files like that. A box further out is not an overshoot: the
+# exporters disagree on 0- or 1-based coordinates (LabelImg and CVAT can write `xmin=0`), so real
+# exports hold boxes like that. A box further out is not an overshoot: the
 # box, the `<size>` or the image's rotation is wrong, and the parser says so. A box with a `nan`
 # coordinate, or with no area (inverted, or empty once clipped), is refused the same way.
 
@@ -391,7 +391,8 @@ assert ann["size"] == (100, 200)  # (H, W), the order torch uses for images
 # %% [markdown]
 # ## A dataset generated on the spot
 #
-# PASCAL VOC 2007 is a 910 MB download (trainval 460 MB + test 451 MB) and needs a GPU to train on. The course needs a dataset that is
+# PASCAL VOC 2007 is a 911 MB download (trainval 460 MB + test 451 MB) and needs a GPU to train
+# on. The course needs a dataset that is
 # *offline* (CI has no network), *deterministic* (stored notebook outputs must not change), and
 # *learnable from scratch on a CPU in minutes*. So we draw one: five classes, each with its own
 # **shape and colour family** (jittered), on mildly textured, gradient backgrounds:
@@ -670,8 +671,10 @@ def make_course_dataset(root=None, num_train: int = 600, num_val: int = 150, see
     return root
 
 # %% [markdown]
-# Generate the default dataset (600 train and 150 val images). The first call takes a few
-# seconds; later calls, here and in every other chapter, find the `.done` file and return at once.
+# Generate the default dataset (600 train and 150 val images). The first call draws all 750
+# images (the whole of this chapter, generation included, ran in 17 s in `make test`'s course-mode
+# run, which starts from an empty data folder); later calls, here and in every other chapter, find
+# the `.done` file and return at once, as the time printed below shows when the data is there.
 
 # %% tags=["nbval-ignore-output"]
 start = time.perf_counter()

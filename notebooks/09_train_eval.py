@@ -23,7 +23,7 @@
 #
 # - **`offline`** (`FCOS_OFFLINE=1`: CI and `make test`) and **`course`** (the default without a
 #   CUDA GPU: a laptop, a CPU-only Colab runtime): the main job, the same run as `make train`, on
-#   the course's generated dataset. 4–7 minutes on a 2-core CPU; nothing is downloaded. It ends
+#   the course's generated dataset. About 6–7 minutes on a 2-core CPU; nothing is downloaded. It ends
 #   with a working detector, mAP@0.5 above 0.5, checked below.
 # - **`voc`** (the default with a CUDA GPU, e.g. a Colab T4, or `FCOS_MODE=voc`): PASCAL VOC 2007
 #   trainval → test, RegNetX-400MF with ImageNet weights, mixed precision: the real recipe, 9,000
@@ -982,10 +982,11 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
 # What this cell trains depends on the run mode (chapter 00), printed first:
 #
 # - `offline` and `course`: the **main job**, `course_recipe()`, on the generated course dataset:
-#   300 iterations of 16 images at 224 px, the same run as `make train`. It took 4–7 minutes on
-#   this project's 2-core CPU, and ends well above mAP@0.5 0.5 (the evaluation below prints it).
+#   300 iterations of 16 images at 224 px, the same run as `make train`, which took
+#   6 min 52 s in all on this project's 2-core CPU (392 s of training at 12.3 images/s; the cell
+#   below prints its own speed), and ends well above mAP@0.5 0.5 (the evaluation prints it).
 # - `voc` (a CUDA GPU, or `FCOS_MODE=voc`): `voc_recipe()`, PASCAL VOC 2007 trainval → test from
-#   ImageNet weights, on the GPU. If VOC is not on disk it is downloaded (910 MB); if
+#   ImageNet weights, on the GPU. If VOC is not on disk it is downloaded (911 MB); if
 #   that fails, the cell says so in one line and trains the main job instead. The official VOC host
 #   is often down: download `VOCtrainval_06-Nov-2007.tar` and `VOCtest_06-Nov-2007.tar` from a
 #   mirror, extract both into one folder so that it holds `VOCdevkit/VOC2007/`, and set the
@@ -1853,7 +1854,8 @@ print(sorted(scalar_metrics(metrics, iters=result["iteration"])))
 # ## fcos_lib against torchvision's FCOS
 #
 # Is the detector we built as good as a reference implementation? `make bench-torchvision`
-# (`bench/bench_vs_torchvision.py`, about 20 minutes on 2 cores, too long for this notebook)
+# (`bench/bench_vs_torchvision.py`: two 828-iteration trainings, about 36 minutes on 2 cores at the
+# stored run's 12.4 and 12.3 images/s, too long for this notebook)
 # trains fcos_lib's FCOS and torchvision's `FCOS` class on the same trunk, the same batches and
 # schedule, on a held-out generated dataset the course never tuned on, and scores both with the
 # same code. It writes its figures to `bench/results/vs_torchvision.json`; the chart below is
