@@ -119,7 +119,8 @@ def plot_vs_torchvision(result: dict, ax=None):
         bars = ax.bar([i + offset for i in range(len(keys))], [result[who][k] for k in keys], width=0.4,
                       label=f"{who} ({result[who]['train_images_per_s']:.1f} train img/s)")
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set(xticks=range(len(keys)), xticklabels=names, ylabel="AP",
+    top = max(result[who][k] for who in ("fcos_lib", "torchvision") for k in keys)
+    ax.set(xticks=range(len(keys)), xticklabels=names, ylabel="AP", ylim=(0, 1.4 * top),  # room for the legend
            title=f"{result['iters']} iterations, batch {result['batch_size']}, {result['image_size']} px")
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=7, loc="upper right")
