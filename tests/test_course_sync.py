@@ -56,11 +56,15 @@ def test_a_fork_changes_one_definition_and_make_colab_rewrites_everything(tmp_pa
     pyproject.write_text(pyproject.read_text()
                          .replace('repository = "fcos-course/fcos-from-scratch"', 'repository = "a-learner/fcos-fork"')
                          .replace('ref = "v', 'ref = "fork-v'))
+    # An edit made in a .py and not yet synced to its .ipynb must survive the rewrite.
+    script = tmp_path / "notebooks" / "03_locations.py"
+    script.write_text(script.read_text().replace("# # 03 ·", "# # 03 · (edited) ·", 1))
     check = [sys.executable, str(ROOT / "tools" / "colab.py"), "--root", str(tmp_path), "--check"]
     assert subprocess.run(check, capture_output=True).returncode == 1  # the copy disagrees with its new definition
     subprocess.run(check[:-1], check=True, capture_output=True)
     assert subprocess.run(check, capture_output=True, text=True).stdout == ""
     texts = [(tmp_path / "README.md").read_text()] + [p.read_text() for p in (tmp_path / "notebooks").glob("[0-9]*_*.*")]
     assert not any("fcos-course/fcos-from-scratch" in text for text in texts)
+    assert "(edited)" in script.read_text() and "(edited)" in script.with_suffix(".ipynb").read_text()
     assert sum(text.count("github.com/a-learner/fcos-fork@fork-v") for text in texts) == 2 * len(NOTEBOOKS)
     assert sum(text.count("github/a-learner/fcos-fork/blob/fork-v") for text in texts) == 3 * len(NOTEBOOKS)
