@@ -134,11 +134,12 @@ def check_gt_boxes(gt_boxes: torch.Tensor, num_classes: int | None = None, batch
     )
 
 
-def _checked_batch(gt_boxes: torch.Tensor) -> torch.Tensor:
+def _checked_batch(gt_boxes: torch.Tensor, check_inputs: bool = True) -> torch.Tensor:
     """One image's (N, 5) -> (1, N, 5); then check_gt_boxes; integer pixel coordinates -> float32."""
     if isinstance(gt_boxes, torch.Tensor) and gt_boxes.dim() == 2 and gt_boxes.shape[-1] == 5:
         gt_boxes = gt_boxes[None]  # (1, N, 5)
-    check_gt_boxes(gt_boxes)
+    if check_inputs:  # off only where the caller has just checked the same batch (FCOS.forward)
+        check_gt_boxes(gt_boxes)
     # Integer annotations are natural (VOC's are), but the scale range's inf needs a float.
     return gt_boxes if gt_boxes.is_floating_point() else gt_boxes.float()
 
@@ -222,16 +223,18 @@ def _match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dict, g
 
 
 def fcos_match_locations_to_gt(locations_per_fpn_level: dict, strides_per_fpn_level: dict,
-                               gt_boxes: torch.Tensor, center_sampling_radius: float | None = None) -> dict:
+                               gt_boxes: torch.Tensor, center_sampling_radius: float | None = None,
+                               check_inputs: bool = True) -> dict:
     """The ground-truth row each location is responsible for, per level.
 
-    Args: as fcos_match_indices.
+    Args: as fcos_match_indices; check_inputs=False skips check_gt_boxes (and its host sync) for a
+        batch the caller has already checked.
 
     Returns:
         level -> (B, L_l, 5) matched rows (x1, y1, x2, y2, c); background rows are all -1.
         ((L_l, 5) per level when gt_boxes is (N, 5).) In gt_boxes' dtype, float32 for integers.
     """
-    batched = _checked_batch(gt_boxes)  # (B, N, 5)
+    batched = _checked_batch(gt_boxes, check_inputs)  # (B, N, 5)
     squeeze, gt_boxes = gt_boxes.dim() == 2, batched
     matched_idx = _match_indices(locations_per_fpn_level, strides_per_fpn_level, gt_boxes,
                                  center_sampling_radius)  # (B, L)

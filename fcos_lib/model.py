@@ -47,7 +47,8 @@ class FCOSPredictions(NamedTuple):
 
 def check_finite_losses(losses: dict) -> None:
     """Raise FloatingPointError naming every loss that is NaN or infinite; do nothing otherwise."""
-    if all(bool(torch.isfinite(value).all()) for value in losses.values()):
+    # One host sync for all the losses (the one a training step needs: it guards the weights).
+    if bool(torch.stack([value.detach().float() for value in losses.values()]).isfinite().all()):
         return
     values = {name: float(value.detach().float().sum()) for name, value in losses.items()}
     bad = [name for name, value in values.items() if not math.isfinite(value)]
@@ -110,7 +111,13 @@ class FCOS(nn.Module):
                              use_groupnorm=use_groupnorm)
         self.strides = dict(self.backbone.strides)  # {"p3": 8, "p4": 16, "p5": 32}
 
-    def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None):
+    def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None, check_inputs: bool = True):
+        """Eval mode: FCOSPredictions. Training mode: dict(loss_cls, loss_box, loss_ctr).
+
+        gt_boxes (B, N, 5) are checked once here (check_gt_boxes, one host sync), not again in the
+        matching or the losses. check_inputs=False skips that check too, for batches checked where
+        they were read (fcos_lib.train: VOCDataset and the pre-flight check every box).
+        """
         check_images(images)  # chapter 01; the backbone calls it too (shape and dtype only: free)
         if self.training:
             if gt_boxes is None:
@@ -121,7 +128,8 @@ class FCOS(nn.Module):
             if isinstance(gt_boxes, torch.Tensor) and gt_boxes.device != images.device:
                 raise ValueError(f"gt_boxes must be on the images' device, {images.device}; got {gt_boxes.device}. "
                                  "Fix: gt_boxes.to(images.device)")
-            check_gt_boxes(gt_boxes, self.num_classes, batch_size=images.shape[0])  # chapter 04
+            if check_inputs:
+                check_gt_boxes(gt_boxes, self.num_classes, batch_size=images.shape[0])  # chapter 04
         feats = self.backbone(images)  # {"p3": (B, F, H/8, W/8), "p4": ..., "p5": ...}
         cls_per_level, box_per_level, ctr_per_level = self.head(feats)  # level -> (B, L_l, C / 4 / 1)
         # Locations in float32 also under autocast: they are pixel coordinates, not activations.
@@ -139,5 +147,6 @@ class FCOS(nn.Module):
                                    [locations_per_level[level].shape[0] for level in levels],
                                    tuple(images.shape[-2:]))
         targets = fcos_build_targets(locations_per_level, self.strides, gt_boxes.float(),
-                                     center_sampling_radius=self.center_sampling_radius)
-        return fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, self.box_loss)
+                                     center_sampling_radius=self.center_sampling_radius, check_inputs=False)
+        return fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, self.box_loss,
+                         check_inputs=False)

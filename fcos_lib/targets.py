@@ -50,7 +50,7 @@ class FCOSTargets(NamedTuple):
 
 @torch.no_grad()
 def fcos_build_targets(locations_per_fpn_level: dict, strides_per_fpn_level: dict, gt_boxes: torch.Tensor,
-                       center_sampling_radius: float | None = None) -> FCOSTargets:
+                       center_sampling_radius: float | None = None, check_inputs: bool = True) -> FCOSTargets:
     """Matching + deltas + centerness for a batch, all levels concatenated (p3, p4, p5).
 
     Args:
@@ -60,6 +60,8 @@ def fcos_build_targets(locations_per_fpn_level: dict, strides_per_fpn_level: dic
             check_gt_boxes (chapter 04): a degenerate, NaN or infinite box raises a ValueError
             naming it.
         center_sampling_radius: None (off) or the radius in strides (torchvision: 1.5).
+        check_inputs: False skips check_gt_boxes, and its host sync, for a batch the caller has
+            just checked (FCOS.forward checks once per batch).
 
     Returns:
         FCOSTargets(matched_boxes (B, L, 5), deltas (B, L, 4), centerness (B, L)), in gt_boxes'
@@ -68,7 +70,7 @@ def fcos_build_targets(locations_per_fpn_level: dict, strides_per_fpn_level: dic
     if not isinstance(gt_boxes, torch.Tensor) or gt_boxes.dim() != 3:
         check_gt_boxes(gt_boxes)  # raises: a batch only here (the matching also takes one image's (N, 5))
     matched_per_level = fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, gt_boxes,
-                                                   center_sampling_radius)  # level -> (B, L_l, 5)
+                                                   center_sampling_radius, check_inputs)  # level -> (B, L_l, 5)
     matched_boxes = torch.cat(list(matched_per_level.values()), dim=1)  # (B, L, 5)
     locations = torch.cat(list(locations_per_fpn_level.values()), dim=0)  # (L, 2)
     strides = strides_per_location(locations_per_fpn_level, strides_per_fpn_level)  # (L,)

@@ -162,21 +162,24 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     return loss
 
 
-def one_hot_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def one_hot_targets(labels: torch.Tensor, num_classes: int, check_inputs: bool = True) -> torch.Tensor:
     """Per-class 0/1 targets for the focal loss; background is all zeros.
 
     Args:
         labels: (B, L) matched class per location, -1 for background.
         num_classes: C, from the model (never hard-coded).
+        check_inputs: False skips the label check (one host sync) for labels already checked.
     Returns:
         (B, L, C) float: 1.0 at [b, l, labels[b, l]], zeros elsewhere (all zeros where labels == -1).
     Raises ValueError naming the first label out of range (the label rule of chapter 04).
     """
     check_int(num_classes, "num_classes")
-    check_class_labels(labels, num_classes, name="labels")
-    labels = labels.long()
-    # Shift by one so that background (-1) becomes class 0 of C + 1, then drop that column.
-    return F.one_hot(labels + 1, num_classes + 1)[..., 1:].to(torch.float32)  # (B, L, C)
+    if check_inputs:
+        check_class_labels(labels, num_classes, name="labels")
+    # Compare each label with 0..C-1: background (-1) matches no class. (F.one_hot would read the
+    # labels' range on the host first: a GPU sync on every step.)
+    classes = torch.arange(num_classes, device=labels.device)  # (C,)
+    return (labels.long()[..., None] == classes).to(torch.float32)  # (B, L, C)
 
 # %% [markdown]
 # Check, by hand first: a positive (`target = 1`) with `p = 0.9` has cross-entropy
@@ -373,7 +376,8 @@ print("images without objects:", int((fg_per_image == 0).sum()), "of 64 | foregr
 # %%
 #| export
 def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: torch.Tensor, targets,
-              locations: torch.Tensor, strides: torch.Tensor, box_loss: str = "giou") -> dict:
+              locations: torch.Tensor, strides: torch.Tensor, box_loss: str = "giou",
+              check_inputs: bool = True) -> dict:
     """The three FCOS losses of one batch, each divided by the batch's foreground count.
 
     Args:
@@ -386,6 +390,8 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
         strides: (L,) the stride of each location's level.
         box_loss: "giou" (1 - GIoU of the decoded boxes) or "l1" (L1 on the deltas, mean of the
             four sides, as the seed's 0.25 * sum).
+        check_inputs: False skips the class-label check (a host sync) for targets built from
+            ground truth that was checked already (FCOS.forward checks it once per batch).
     Returns:
         dict(loss_cls, loss_box, loss_ctr) of scalar tensors: sums over the batch divided by
         max(1, number of foreground locations in the batch).
@@ -415,7 +421,7 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
     num_foreground = foreground.sum().clamp(min=1).to(torch.float32)  # a tensor: no GPU sync
 
     # Classes: every location, C yes/no questions each; background = all zeros.
-    cls_targets = one_hot_targets(labels, C)  # (B, L, C)
+    cls_targets = one_hot_targets(labels, C, check_inputs)  # (B, L, C)
     loss_cls = torchvision.ops.sigmoid_focal_loss(cls_logits.float(), cls_targets, reduction="sum")
 
     # Boxes: foreground only.
@@ -555,7 +561,8 @@ class FCOSPredictions(NamedTuple):
 
 def check_finite_losses(losses: dict) -> None:
     """Raise FloatingPointError naming every loss that is NaN or infinite; do nothing otherwise."""
-    if all(bool(torch.isfinite(value).all()) for value in losses.values()):
+    # One host sync for all the losses (the one a training step needs: it guards the weights).
+    if bool(torch.stack([value.detach().float() for value in losses.values()]).isfinite().all()):
         return
     values = {name: float(value.detach().float().sum()) for name, value in losses.items()}
     bad = [name for name, value in values.items() if not math.isfinite(value)]
@@ -630,7 +637,13 @@ class FCOS(nn.Module):
                              use_groupnorm=use_groupnorm)
         self.strides = dict(self.backbone.strides)  # {"p3": 8, "p4": 16, "p5": 32}
 
-    def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None):
+    def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None, check_inputs: bool = True):
+        """Eval mode: FCOSPredictions. Training mode: dict(loss_cls, loss_box, loss_ctr).
+
+        gt_boxes (B, N, 5) are checked once here (check_gt_boxes, one host sync), not again in the
+        matching or the losses. check_inputs=False skips that check too, for batches checked where
+        they were read (fcos_lib.train: VOCDataset and the pre-flight check every box).
+        """
         check_images(images)  # chapter 01; the backbone calls it too (shape and dtype only: free)
         if self.training:
             if gt_boxes is None:
@@ -641,7 +654,8 @@ class FCOS(nn.Module):
             if isinstance(gt_boxes, torch.Tensor) and gt_boxes.device != images.device:
                 raise ValueError(f"gt_boxes must be on the images' device, {images.device}; got {gt_boxes.device}. "
                                  "Fix: gt_boxes.to(images.device)")
-            check_gt_boxes(gt_boxes, self.num_classes, batch_size=images.shape[0])  # chapter 04
+            if check_inputs:
+                check_gt_boxes(gt_boxes, self.num_classes, batch_size=images.shape[0])  # chapter 04
         feats = self.backbone(images)  # {"p3": (B, F, H/8, W/8), "p4": ..., "p5": ...}
         cls_per_level, box_per_level, ctr_per_level = self.head(feats)  # level -> (B, L_l, C / 4 / 1)
         # Locations in float32 also under autocast: they are pixel coordinates, not activations.
@@ -659,8 +673,9 @@ class FCOS(nn.Module):
                                    [locations_per_level[level].shape[0] for level in levels],
                                    tuple(images.shape[-2:]))
         targets = fcos_build_targets(locations_per_level, self.strides, gt_boxes.float(),
-                                     center_sampling_radius=self.center_sampling_radius)
-        return fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, self.box_loss)
+                                     center_sampling_radius=self.center_sampling_radius, check_inputs=False)
+        return fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, self.box_loss,
+                         check_inputs=False)
 
 # %% [markdown]
 # Check: a 2-image, non-square 160 x 224 batch. In training mode, three finite scalar losses;

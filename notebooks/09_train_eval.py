@@ -640,6 +640,14 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
 # clip the gradient norm, step. On CUDA the forward runs under `torch.autocast` (float16) with a
 # gradient scaler; on the CPU everything stays float32.
 #
+# A GPU runs ahead of Python until something needs a value on the host (`.item()`, `bool(t)`,
+# indexing with a boolean mask): then its queue drains and waits. So the loop asks for as little as
+# it can. The boxes were checked where they were read, so the model skips its own check
+# (`check_inputs=False`); the finite-loss check is one sync for the three losses; the losses reach
+# the history ten iterations at a time. `.venv/bin/python bench/bench_syncs.py` counts what is
+# left in one step (17 on this commit, from 24: the boolean-mask indexing in the box and
+# centerness losses, forward and backward, is the rest).
+#
 # Around it, what keeps a run from being lost:
 #
 # - **the run folder**: a new run refuses a folder that holds one (`resume=True` continues it,
@@ -719,6 +727,10 @@ def _check_resume(saved: dict, cfg: TrainConfig, class_names: list[str], fingerp
             f"cannot resume {path}: the training split {cfg.train_split!r} holds other images or boxes "
             "than when the run started; restore the data, or train into another --out folder"
         )
+
+
+LOSS_NAMES = ("loss_cls", "loss_box", "loss_ctr")  # FCOS's training-mode output, in this order
+LOG_EVERY = 10  # iterations whose losses reach the host together (and always before a checkpoint)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -930,6 +942,20 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
     tic = last_save = time.perf_counter()
     flip_state = flip_generator.get_state()  # the flip generator as of the last finished iteration
     final = None
+    # The losses stay on the device and reach the history LOG_EVERY iterations at a time, in one
+    # transfer (one host sync) instead of three .item() calls per step.
+    pending = []  # (iteration, (3,) losses on the device, lr) not yet in state["history"]
+
+    def flush_history() -> None:
+        if not pending:
+            return
+        values = torch.stack([p[1] for p in pending]).tolist()  # one host sync for all of them
+        for (iteration, _, lr), row in zip(pending, values):
+            record = {k: round(v, 5) for k, v in zip(LOSS_NAMES, row)}
+            state["history"].append({"iteration": iteration, **record, "lr": lr})
+        bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in record.items()}, refresh=False)
+        pending.clear()
+
     with _stop_at_step_boundary() as stop:
         try:
             for images, gt_boxes, _ in _make_loader(dataset, sampler, cfg, device):
@@ -938,8 +964,9 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                 images = images.to(device, non_blocking=True)
                 gt_boxes = gt_boxes.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    losses = model(images, gt_boxes)
-                check_finite_losses(losses)
+                    # check_inputs=False: every box was checked where it was read (VOCDataset, preflight).
+                    losses = model(images, gt_boxes, check_inputs=False)
+                check_finite_losses(losses)  # the step's one host sync: a NaN never reaches the weights
                 loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -953,20 +980,23 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                 state["iteration"] += 1
                 state["train_images"] += images.shape[0]
                 flip_state = flip_generator.get_state()
-                record = {k: round(v.detach().item(), 5) for k, v in losses.items()}
-                state["history"].append({"iteration": state["iteration"], **record, "lr": optimizer.param_groups[0]["lr"]})
-                bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in record.items()}, refresh=False)
+                pending.append((state["iteration"], torch.stack([losses[k].detach().float() for k in LOSS_NAMES]),
+                                optimizer.param_groups[0]["lr"]))
+                if len(pending) == LOG_EVERY:
+                    flush_history()
                 bar.update(1)
                 if stop["signum"] is not None:
                     break
                 if (state["iteration"] % cfg.checkpoint_every == 0
                         or time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes):
+                    flush_history()
                     state["train_seconds"] += time.perf_counter() - tic
                     tic = last_save = time.perf_counter()
                     checkpoint(flip_state)
         finally:
             # Whatever happened (the end, a signal, an error), save the last finished iteration, if
             # this call finished one; the random draws of an interrupted iteration are not kept.
+            flush_history()
             bar.close()
             state["train_seconds"] += time.perf_counter() - tic
             if state["iteration"] > start:
