@@ -52,7 +52,7 @@ export: $(STAMP)
 	$(PY) tools/export.py
 
 bench: $(STAMP)
-	for f in bench/bench_targets.py bench/bench_inference.py bench/bench_train_step.py; do $(PY) $$f || exit 1; done
+	for f in bench/bench_targets.py bench/bench_inference.py bench/bench_train_step.py bench/bench_syncs.py; do $(PY) $$f || exit 1; done
 
 bench-torchvision: $(STAMP)
 	$(PY) bench/bench_vs_torchvision.py

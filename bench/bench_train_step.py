@@ -7,6 +7,11 @@ One step = data loading (a batch from the DataLoader over the course dataset), t
 step. The model's own forward is timed as a whole; target building and the loss are timed by
 wrapping the two functions FCOS.forward calls, so what is measured is the library's real step.
 Goal: target building + loss under 10 % of the step.
+
+The peer: torchvision's `FCOS` class on the same trunk and FPN width (bench_vs_torchvision.py's
+build, 64 channels), on the same batches, one step of each in turn so that a machine whose speed
+drifts slows both alike. It prints fcos_lib's images/s as a ratio to the peer's (issue 14's goal
+on a CPU: at least 1.3x). `--no-peer` leaves it out.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
+    parser.add_argument("--no-peer", action="store_true", help="do not time torchvision's FCOS")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = device_sync(device)
@@ -60,7 +66,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = FCOS(len(dataset.class_names)).to(device).train()
     optimizer = build_optimizer(model, improved_recipe())
-    steps = []
+    peer_step = None if args.no_peer else make_peer_step(len(dataset.class_names), args.image_size, device)
+    steps, peer_steps = [], []
     for step in range(2 + args.steps):
         if step == 2:
             timings.clear()
@@ -80,7 +87,11 @@ def main() -> None:
         optimizer.step()
         sync()
         t3 = time.perf_counter()
+        if peer_step is not None:
+            peer_seconds = peer_step(images, gt_boxes, sync)
         if step >= 2:
+            if peer_step is not None:
+                peer_steps.append(peer_seconds)
             timings["data"].append(t1 - t0)
             timings["forward (incl. targets + loss)"].append(t2 - t1)
             timings["backward + step"].append(t3 - t2)
@@ -98,6 +109,35 @@ def main() -> None:
         print(f"  {name:22s} {seconds * 1000:8.1f} ms  {100 * seconds / step:5.1f} %")
     share = (med["targets"] + med["loss"]) / step
     print(f"target building + loss: {100 * share:.1f} % of the step (goal < 10 %: {'met' if share < 0.10 else 'NOT met'})")
+    if peer_steps:
+        peer = statistics.median(peer_steps)
+        ours_compute = step - med["data"]  # the peer gets its batch ready-made: compare the steps alone
+        print(f"torchvision FCOS (same trunk, width 64, same batches): {peer * 1000:.0f} ms per step -> "
+              f"{args.batch_size / peer:.1f} images/s")
+        print(f"fcos_lib / torchvision images/s, step without data loading: {peer / ours_compute:.2f}x "
+              f"(goal on a CPU: >= 1.3x)")
+
+
+def make_peer_step(num_classes: int, image_size: int, device: torch.device):
+    """One training step of torchvision's FCOS, timed: f(images, gt_boxes, sync) -> seconds."""
+    from bench_vs_torchvision import _tv_targets, build_torchvision_fcos
+
+    torch.manual_seed(0)
+    peer = build_torchvision_fcos(num_classes, 64, image_size).to(device).train()
+    optimizer = build_optimizer(peer, improved_recipe())
+
+    def step(images, gt_boxes, sync) -> float:
+        sync()
+        tic = time.perf_counter()
+        losses = peer(list(images), _tv_targets(gt_boxes))
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync()
+        return time.perf_counter() - tic
+
+    return step
 
 
 if __name__ == "__main__":
