@@ -15,7 +15,8 @@ References:
   torchvision.ops.sigmoid_focal_loss and torchvision.ops.generalized_box_iou_loss.
 
 `sigmoid_focal_loss` and `giou_loss` are the chapter's own, kept as the course's reference; the
-library's `fcos_loss` uses torchvision's implementations of the same formulas.
+library's `fcos_loss` uses torchvision's focal loss and the chapter's `giou_loss` (torchvision's
+GIoU loss indexes with a boolean mask inside, which makes a GPU wait on every step).
 
 Dimension letters: B images, L locations (levels concatenated p3, p4, p5), C classes, K boxes.
 """
@@ -161,17 +162,27 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
     cls_targets = one_hot_targets(labels, C, check_inputs)  # (B, L, C)
     loss_cls = torchvision.ops.sigmoid_focal_loss(cls_logits.float(), cls_targets, reduction="sum")
 
-    # Boxes: foreground only.
+    # Boxes and centerness: foreground only. Every location is computed and the background ones
+    # are multiplied by 0, rather than picked out with pred[foreground]: a boolean mask makes the
+    # host wait for the GPU (the result's size depends on the mask), forward and backward. The
+    # background's targets are -1; they are replaced by harmless values first (the prediction
+    # itself: loss 0, finite gradient), because 0 * NaN would still be NaN.
+    weight = foreground.to(torch.float32)  # (B, L)
     if box_loss == "giou":
         pred_boxes = fcos_apply_deltas_to_locations(box_deltas.float(), locations, strides)  # (B, L, 4)
-        loss_box = torchvision.ops.generalized_box_iou_loss(
-            pred_boxes[foreground], targets.matched_boxes[..., :4][foreground].float(), reduction="sum")
+        target_boxes = torch.where(foreground[..., None], targets.matched_boxes[..., :4].float(),
+                                   pred_boxes.detach())  # (B, L, 4)
+        # The chapter's giou_loss: torchvision's generalized_box_iou_loss indexes with a boolean
+        # mask inside (a host sync); the two agree to float precision (checked above).
+        loss_box = (giou_loss(pred_boxes, target_boxes) * weight).sum()
     else:
-        loss_box = F.l1_loss(box_deltas.float()[foreground], targets.deltas[foreground].float(),
-                             reduction="none").mean(dim=-1).sum()
+        pred_deltas = box_deltas.float()  # (B, L, 4)
+        target_deltas = torch.where(foreground[..., None], targets.deltas.float(), pred_deltas.detach())
+        loss_box = (F.l1_loss(pred_deltas, target_deltas, reduction="none").mean(dim=-1) * weight).sum()
 
-    # Centerness: foreground only, soft targets in [0, 1].
-    loss_ctr = F.binary_cross_entropy_with_logits(
-        ctr_logits.float()[..., 0][foreground], targets.centerness[foreground].float(), reduction="sum")
+    # Centerness: soft targets in [0, 1] on the foreground.
+    target_ctr = torch.where(foreground, targets.centerness.float(), torch.zeros_like(weight))  # (B, L)
+    loss_ctr = (F.binary_cross_entropy_with_logits(ctr_logits.float()[..., 0], target_ctr, reduction="none")
+                * weight).sum()
     return {"loss_cls": loss_cls / num_foreground, "loss_box": loss_box / num_foreground,
             "loss_ctr": loss_ctr / num_foreground}

@@ -83,7 +83,7 @@ if "google.colab" in sys.modules:
 # (`trainable_backbone_layers=3` of 5: the stem and the first stage compute generic edges and
 # textures that ImageNet already taught). From scratch nothing is frozen: there is nothing learnt
 # to keep. Chapter 01 shows both. Today's main job (`make train`, with `exp` deltas and the
-# generator v2 dataset) reaches VOC07 mAP@0.5 0.703 (COCO-style AP50 0.720, mAP@[.5:.95] 0.344)
+# generator v2 dataset) reaches VOC07 mAP@0.5 0.693 (COCO-style AP50 0.705, mAP@[.5:.95] 0.355)
 # on the validation split; this chapter trains the same run below and prints its figures.
 
 # %%
@@ -643,10 +643,10 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
 # A GPU runs ahead of Python until something needs a value on the host (`.item()`, `bool(t)`,
 # indexing with a boolean mask): then its queue drains and waits. So the loop asks for as little as
 # it can. The boxes were checked where they were read, so the model skips its own check
-# (`check_inputs=False`); the finite-loss check is one sync for the three losses; the losses reach
-# the history ten iterations at a time. `.venv/bin/python bench/bench_syncs.py` counts what is
-# left in one step (17 on this commit, from 24: the boolean-mask indexing in the box and
-# centerness losses, forward and backward, is the rest).
+# (`check_inputs=False`); the losses weight the background by 0 instead of indexing with a boolean
+# mask (chapter 07); the finite-loss check is one sync for the three losses; the losses reach the
+# history ten iterations at a time. `.venv/bin/python bench/bench_syncs.py` counts them: one per
+# step (the finite-loss check, kept on purpose), from 24 before these changes.
 #
 # Around it, what keeps a run from being lost:
 #
