@@ -68,3 +68,22 @@ def test_a_fork_changes_one_definition_and_make_colab_rewrites_everything(tmp_pa
     assert "(edited)" in script.read_text() and "(edited)" in script.with_suffix(".ipynb").read_text()
     assert sum(text.count("github.com/a-learner/fcos-fork@fork-v") for text in texts) == 2 * len(NOTEBOOKS)
     assert sum(text.count("github/a-learner/fcos-fork/blob/fork-v") for text in texts) == 3 * len(NOTEBOOKS)
+
+
+def test_a_failed_colab_install_says_what_to_do(monkeypatch, capsys):
+    # The generated install cell, run as on Colab, with a pip that fails the way it does offline.
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import colab
+    finally:
+        sys.path.pop(0)
+    cell = colab.install_cell(*colab.course_source())
+    failing_pip = '[sys.executable, "-c", "import sys; sys.stderr.write(\'ERROR: network is unreachable\\\\n\'); sys.exit(1)"]'
+    cell = cell.replace('[sys.executable, "-m", "pip", "install", "-q", PACKAGE]', failing_pip)
+    assert failing_pip in cell, "the install cell no longer runs pip the way this test expects"
+    monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
+    with pytest.raises(SystemExit) as stop:
+        exec(cell, {})
+    assert "ERROR: network is unreachable" in capsys.readouterr().out  # pip's own words are shown
+    message = str(stop.value)
+    assert message.startswith("Could not install fcos-lib @ git+https://github.com/") and "Fix:" in message
