@@ -15,11 +15,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Iterations when --iters is not given: the main job without --data, the full recipe with it.
+from fcos_lib.config import COURSE_ITERS as COURSE_DEFAULT_ITERS, VOC_ITERS as FULL_DEFAULT_ITERS
+
 if TYPE_CHECKING:
     from fcos_lib.config import TrainConfig
-
-COURSE_DEFAULT_ITERS = 300  # no --data: the generated course dataset, sized to finish on a 2-core CPU
-FULL_DEFAULT_ITERS = 9000   # --data given: the full recipe
 
 
 def _parse_classes(text: str | None) -> tuple[str, ...] | None:

@@ -253,16 +253,20 @@ def make_regnet_x_400mf(pretrained: bool = False, frozen_batchnorm: bool | None 
 
 # %% [markdown]
 # Check: without weights we get a model, with BatchNorm2d or, asked for, FrozenBatchNorm2d;
-# offline, asking for weights gives the error (this notebook runs with `FCOS_OFFLINE=1`).
+# offline, asking for weights gives the error. The cell sets `FCOS_OFFLINE=1` for that call
+# (`offline_only`, chapter 00), so it shows the message in every run mode and downloads nothing.
 
 # %%
 print(type(make_regnet_x_400mf()).__name__)
 print("norm layers:", type(make_regnet_x_400mf().stem[1]).__name__, "|",
       type(make_regnet_x_400mf(frozen_batchnorm=True).stem[1]).__name__)
-try:
-    make_regnet_x_400mf(pretrained=True)
-except RuntimeError as err:
-    print("RuntimeError:", err)
+from fcos_lib.env import offline_only
+
+with offline_only():  # shows the offline message in every run mode, never a download (chapter 00)
+    try:
+        make_regnet_x_400mf(pretrained=True)
+    except RuntimeError as err:
+        print("RuntimeError:", err)
 
 # %% [markdown]
 # ## Reading c3, c4, c5 out of the classifier
