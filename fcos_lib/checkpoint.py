@@ -96,13 +96,19 @@ def build_model(cfg: TrainConfig, num_classes: int, load_pretrained_weights: boo
         pretrained_backbone=cfg.pretrained_backbone and load_pretrained_weights,
         trainable_backbone_layers=cfg.trainable_backbone_layers, frozen_batchnorm=cfg.pretrained_backbone,
         use_groupnorm=cfg.use_groupnorm, center_sampling_radius=cfg.center_sampling_radius, box_loss=cfg.box_loss,
+        box_activation=cfg.box_activation, centerness_on=cfg.centerness_on, assigner=cfg.assigner,
     )
 
 
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[FCOS, dict]:
-    """Rebuild the trained model (eval mode) and return it with its checkpoint."""
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                          use_ema: bool = True) -> tuple[FCOS, dict]:
+    """Rebuild the trained model (eval mode) and return it with its checkpoint.
+
+    A run with cfg.ema_decay saves the moving average of the weights too ("ema"); use_ema=True
+    (the default) loads those, the weights that run evaluates; use_ema=False loads the raw weights.
+    """
     state = load_checkpoint(path)
     cfg = TrainConfig(**state["config"])
     model = build_model(cfg, len(state["class_names"]), load_pretrained_weights=False)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["ema"] if use_ema and state.get("ema") is not None else state["model"])
     return model.to(device).eval(), state

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/fcos", help="run folder: last.pt, metrics.json, loss_curve.png, detections.png (default: runs/fcos)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt, with its own settings")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: refuse)")
+    t.add_argument("--ema-decay", type=float,
+                   help="evaluate an exponential moving average of the weights with this decay, e.g. 0.999 (chapter 10; default: off)")
+    t.add_argument("--scale-jitter", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="multi-scale training: each batch resized by a factor in [LO, HI], e.g. 0.75 1.25 (chapter 10; default: off)")
+    t.add_argument("--assigner", choices=["fcos", "atss"], help="positive locations: fcos (chapter 04) or atss (chapter 10) (default: fcos)")
     t.add_argument("--seed", type=int, help="random seed of the initial weights, batch order and flips (default: 0)")
     t.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default: 100)")
     t.add_argument("--checkpoint-minutes", type=float, help="most minutes between checkpoints (default: 2)")
@@ -96,6 +101,7 @@ _TRAIN_FLAGS = {
     "iters": "iters", "batch_size": "batch_size", "lr": "lr", "pretrained": "pretrained_backbone",
     "in_memory": "in_memory", "workers": "num_workers", "device": "device", "out": "out", "seed": "seed",
     "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes", "skip_bad_boxes": "skip_bad_boxes",
+    "ema_decay": "ema_decay", "scale_jitter": "scale_jitter", "assigner": "assigner",
 }
 
 
@@ -121,6 +127,8 @@ def config_from_args(args) -> TrainConfig:
     from fcos_lib.config import TrainConfig, baseline_recipe, improved_recipe
 
     given = {field: getattr(args, dest) for dest, field in _TRAIN_FLAGS.items() if getattr(args, dest) is not None}
+    if "scale_jitter" in given:
+        given["scale_jitter"] = tuple(given["scale_jitter"])
     if args.classes is not None:
         given["classes"] = _parse_classes(args.classes)
     if args.resume:

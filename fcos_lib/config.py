@@ -40,6 +40,9 @@ class TrainConfig:
     use_groupnorm: bool = True
     center_sampling_radius: float | None = 1.5
     box_loss: str = "giou"
+    box_activation: str = "exp"      # box deltas: "exp" (the paper) or "relu" (the seed, torchvision)
+    centerness_on: str = "reg"       # the stem that predicts centerness: "reg" or "cls" (the paper's §3.3)
+    assigner: str = "fcos"           # positive locations: "fcos" (chapter 04) or "atss" (chapter 10)
     # optimisation
     iters: int = 9000
     batch_size: int = 16
@@ -47,10 +50,15 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 500
-    schedule: str = "cosine"         # "cosine" or "step"
+    schedule: str = "cosine"         # "cosine", "step" or "constant" (after the warm-up)
     steps: tuple[float, ...] = (0.6, 0.9)  # fractions of `iters`, for schedule="step"
     grad_clip: float | None = 10.0   # max gradient norm; None turns clipping off
     hflip: bool = True
+    # Multi-scale training: each batch resized by one factor s drawn in (lo, hi), sides rounded
+    # to a multiple of 32, boxes with it (chapter 10); None = every batch at image_size.
+    scale_jitter: tuple[float, float] | None = None
+    ema_decay: float | None = None   # keep an exponential moving average of the weights (chapter 10)
+    decay_norms: bool = False        # weight decay on norm weights and biases too (torchvision's default)
     amp: bool = True                 # mixed precision, used on CUDA only
     # bookkeeping
     device: str = "auto"
@@ -80,12 +88,18 @@ _CONFIG_RULES = {
     "momentum": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1),
     "weight_decay": ("a finite number >= 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
     "warmup_iters": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
-    "schedule": ("'cosine' or 'step'", lambda v: v in ("cosine", "step")),
+    "schedule": ("'cosine', 'step' or 'constant'", lambda v: v in ("cosine", "step", "constant")),
     "steps": ("fractions in (0, 1)", lambda v: all(isinstance(f, (int, float)) and 0 < f < 1 for f in v)),
     "grad_clip": ("None or a finite number > 0", lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)),
     "fpn_channels": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
     "num_convs": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
     "box_loss": ("'giou' or 'l1'", lambda v: v in ("giou", "l1")),
+    "box_activation": ("'exp' or 'relu'", lambda v: v in ("exp", "relu")),
+    "centerness_on": ("'reg' or 'cls'", lambda v: v in ("reg", "cls")),
+    "assigner": ("'fcos' or 'atss'", lambda v: v in ("fcos", "atss")),
+    "scale_jitter": ("None or (lo, hi) with 0 < lo <= hi", lambda v: v is None or (
+        len(v) == 2 and all(isinstance(f, (int, float)) and math.isfinite(f) for f in v) and 0 < v[0] <= v[1])),
+    "ema_decay": ("None or a number in (0, 1)", lambda v: v is None or (isinstance(v, (int, float)) and 0 < v < 1)),
     "center_sampling_radius": ("None or a finite number > 0", lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)),
     "trainable_backbone_layers": ("None or an int in [0, 5]", lambda v: v is None or (_is_int(v) and 0 <= v <= 5)),
     "checkpoint_every": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
@@ -118,7 +132,8 @@ def config_differences(saved: dict, cfg: TrainConfig) -> dict:
 
     `saved` is a checkpoint's config (dataclasses.asdict of a TrainConfig). Tuples and lists
     compare equal element by element (a checkpoint may store either). `data` may change (a
-    moved folder); the dataset's content is compared by its fingerprint instead.
+    moved folder); the dataset's content is compared by its fingerprint instead. A field that the
+    checkpoint lacks (one written before the field existed) counts as its default.
     """
     def same(a, b):
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -126,8 +141,10 @@ def config_differences(saved: dict, cfg: TrainConfig) -> dict:
         return a == b
 
     new = dataclasses.asdict(cfg)
-    return {name: (saved.get(name), value) for name, value in new.items()
-            if name not in RESUMABLE_CHANGES and not same(saved.get(name), value)}
+    defaults = dataclasses.asdict(TrainConfig())
+    old = {name: saved.get(name, defaults[name]) for name in new}
+    return {name: (old[name], value) for name, value in new.items()
+            if name not in RESUMABLE_CHANGES and not same(old[name], value)}
 
 
 def baseline_recipe(**changes) -> TrainConfig:

@@ -17,7 +17,7 @@ Dimension letters: B images, C classes, F FPN channels, h/w one level's height/w
 L_l = h*w locations of one level.
 """
 
-__all__ = ['group_norm_groups', 'flatten_level', 'MAX_LOG_DELTA', 'positive_deltas', 'FCOSHead']
+__all__ = ['group_norm_groups', 'flatten_level', 'MAX_LOG_DELTA', 'positive_deltas', 'BOX_ACTIVATIONS', 'FCOSHead']
 
 import math
 import numbers
@@ -59,6 +59,10 @@ def positive_deltas(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(x.clamp(max=MAX_LOG_DELTA))
 
 
+# The two activations FCOSHead(box_activation=...) offers: the paper's exp, and the seed's ReLU.
+BOX_ACTIVATIONS = {"exp": positive_deltas, "relu": torch.relu}
+
+
 class FCOSHead(nn.Module):
     """The FCOS head, shared by all FPN levels.
 
@@ -68,15 +72,20 @@ class FCOSHead(nn.Module):
         num_convs: 3x3 conv layers in each stem (4 in the paper).
         use_groupnorm: GroupNorm(group_norm_groups(F), F) after each stem conv, as in the paper.
         prior_prob: π, the initial foreground probability of every class logit.
+        box_activation: "exp" (the paper's exp(x), the default) or "relu" (the seed's and
+            torchvision's max(x, 0); pitfall P5). Chapter 10 measures the two.
+        centerness_on: "reg" (the later FCOS, torchvision: centerness from the regression stem)
+            or "cls" (the paper's §3.3: from the classification stem). Chapter 10 measures both.
 
     forward(feats: {"p3": (B, F, h, w), ...}) -> (cls_logits, box_deltas, ctr_logits), each a
     dict level -> (B, h*w, C) / (B, h*w, 4) / (B, h*w, 1), flattened row-major (location
     k = h_idx * w + w_idx). Class and centerness logits are raw (no activation); box deltas
-    are exp(x) > 0, distances in units of the level's stride.
+    are exp(x) > 0 (or max(x, 0) >= 0), distances in units of the level's stride.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 64, num_convs: int = 4,
-                 use_groupnorm: bool = True, prior_prob: float = 0.01):
+                 use_groupnorm: bool = True, prior_prob: float = 0.01, box_activation: str = "exp",
+                 centerness_on: str = "reg"):
         super().__init__()
         num_classes = check_int(num_classes, "num_classes (the object classes, no background class)")
         in_channels = check_int(in_channels, "in_channels")
@@ -84,13 +93,20 @@ class FCOSHead(nn.Module):
         check_flag(use_groupnorm, "use_groupnorm")
         if isinstance(prior_prob, bool) or not isinstance(prior_prob, numbers.Real) or not 0 < prior_prob < 1:
             raise ValueError(f"prior_prob must be in (0, 1), e.g. 0.01; got {prior_prob!r}")
+        if box_activation not in BOX_ACTIVATIONS:
+            raise ValueError(f"box_activation must be one of {tuple(BOX_ACTIVATIONS)}; got {box_activation!r}")
+        if centerness_on not in ("reg", "cls"):
+            raise ValueError(f"centerness_on must be 'reg' (regression stem) or 'cls' (classification stem); "
+                             f"got {centerness_on!r}")
+        self.box_activation = BOX_ACTIVATIONS[box_activation]
+        self.centerness_on = centerness_on
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.cls_stem = self._make_stem(in_channels, num_convs, use_groupnorm)
         self.reg_stem = self._make_stem(in_channels, num_convs, use_groupnorm)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, kernel_size=3, padding=1)
         self.box_deltas = nn.Conv2d(in_channels, 4, kernel_size=3, padding=1)
-        # Centerness on the regression branch (later FCOS, torchvision), not the paper's §3.3.
+        # Centerness on the regression branch by default (later FCOS, torchvision), not the paper's §3.3.
         self.ctr_logits = nn.Conv2d(in_channels, 1, kernel_size=3, padding=1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # every head conv: stems and the three predictors
@@ -123,6 +139,7 @@ class FCOSHead(nn.Module):
             cls_features = self.cls_stem(x)  # (B, F, h, w)
             reg_features = self.reg_stem(x)  # (B, F, h, w)
             cls_logits[level] = flatten_level(self.cls_logits(cls_features))  # (B, h*w, C)
-            box_deltas[level] = flatten_level(positive_deltas(self.box_deltas(reg_features)))  # (B, h*w, 4)
-            ctr_logits[level] = flatten_level(self.ctr_logits(reg_features))  # (B, h*w, 1)
+            box_deltas[level] = flatten_level(self.box_activation(self.box_deltas(reg_features)))  # (B, h*w, 4)
+            ctr_features = reg_features if self.centerness_on == "reg" else cls_features
+            ctr_logits[level] = flatten_level(self.ctr_logits(ctr_features))  # (B, h*w, 1)
         return cls_logits, box_deltas, ctr_logits

@@ -16,7 +16,7 @@ Box contract: (x1, y1, x2, y2) absolute 0-based pixels of the network input; gro
 (B, N, 5) rows (x1, y1, x2, y2, c), c in [0, C), padded with rows of -1.
 """
 
-__all__ = ['FCOSPredictions', 'check_finite_losses', 'FCOS']
+__all__ = ['FCOSPredictions', 'check_finite_losses', 'ASSIGNERS', 'FCOS']
 
 import math
 from typing import NamedTuple
@@ -61,6 +61,10 @@ def check_finite_losses(losses: dict) -> None:
     )
 
 
+# The rules that pick the positive locations (chapter 04; ATSS in chapter 10).
+ASSIGNERS = ("fcos", "atss")
+
+
 class FCOS(nn.Module):
     """FCOS: RegNetX-400MF + FPN (p3-p5) + the shared head; losses in training, raw predictions in eval.
 
@@ -78,6 +82,11 @@ class FCOS(nn.Module):
         center_sampling_radius: positives only within radius * stride of a box centre (later
             FCOS, torchvision: 1.5); None = every location inside the box (the paper's §3.1).
         box_loss: "giou" (later FCOS, torchvision) or "l1" (the seed's L1 on deltas).
+        box_activation, centerness_on: the head's options (chapter 02): "exp" or "relu" deltas;
+            centerness from the "reg" or the "cls" stem.
+        assigner: which locations are positives: "fcos" (chapter 04's rule: inside the box, the
+            level's scale range, centre sampling) or "atss" (adaptive training sample selection,
+            Zhang et al. 2020, taught in chapter 10; center_sampling_radius is not used).
 
     forward(images (B, 3, H, W) float in [0, 1], H and W divisible by 32, gt_boxes (B, N, 5))
         training mode: dict(loss_cls, loss_box, loss_ctr) (gt_boxes required);
@@ -87,7 +96,8 @@ class FCOS(nn.Module):
     def __init__(self, num_classes: int, fpn_channels: int = 64, num_convs: int = 4,
                  pretrained_backbone: bool = False, trainable_backbone_layers: int | None = None,
                  frozen_batchnorm: bool | None = None, use_groupnorm: bool = True,
-                 center_sampling_radius: float | None = 1.5, box_loss: str = "giou"):
+                 center_sampling_radius: float | None = 1.5, box_loss: str = "giou",
+                 box_activation: str = "exp", centerness_on: str = "reg", assigner: str = "fcos"):
         super().__init__()
         # Every argument first, before the backbone is built (the checks of chapter 01).
         num_classes = check_int(num_classes, "num_classes (the object classes, no background class)")
@@ -101,14 +111,18 @@ class FCOS(nn.Module):
             check_positive_number(center_sampling_radius, "center_sampling_radius (in strides, or None for off)")
         if box_loss not in BOX_LOSSES:
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
+        if assigner not in ASSIGNERS:
+            raise ValueError(f"assigner must be one of {ASSIGNERS}; got {assigner!r}")
         self.num_classes = num_classes
+        self.assigner = assigner
         self.center_sampling_radius = center_sampling_radius
         self.box_loss = box_loss
         self.backbone = BackboneWithFPN(out_channels=fpn_channels, pretrained=pretrained_backbone,
                                         trainable_layers=trainable_backbone_layers,
                                         frozen_batchnorm=frozen_batchnorm)
         self.head = FCOSHead(num_classes, in_channels=fpn_channels, num_convs=num_convs,
-                             use_groupnorm=use_groupnorm)
+                             use_groupnorm=use_groupnorm, box_activation=box_activation,
+                             centerness_on=centerness_on)
         self.strides = dict(self.backbone.strides)  # {"p3": 8, "p4": 16, "p5": 32}
 
     def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None, check_inputs: bool = True):
@@ -146,7 +160,12 @@ class FCOS(nn.Module):
             return FCOSPredictions(cls_logits, box_deltas, ctr_logits, locations, strides,
                                    [locations_per_level[level].shape[0] for level in levels],
                                    tuple(images.shape[-2:]))
-        targets = fcos_build_targets(locations_per_level, self.strides, gt_boxes.float(),
-                                     center_sampling_radius=self.center_sampling_radius, check_inputs=False)
+        if self.assigner == "atss":
+            from fcos_lib.atss import atss_build_targets  # chapter 10
+
+            targets = atss_build_targets(locations_per_level, self.strides, gt_boxes.float(), check_inputs=False)
+        else:
+            targets = fcos_build_targets(locations_per_level, self.strides, gt_boxes.float(),
+                                         center_sampling_radius=self.center_sampling_radius, check_inputs=False)
         return fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, self.box_loss,
                          check_inputs=False)

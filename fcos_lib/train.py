@@ -7,9 +7,10 @@ Letters: B images, N boxes per image (padded), H/W the input height and width.
 """
 from __future__ import annotations
 
-__all__ = ['IterationBatchSampler', 'random_horizontal_flip', 'build_optimizer', 'lr_multiplier', 'build_scheduler', 'resolve_data', 'dataset_fingerprint', 'make_grad_scaler', 'LOSS_NAMES', 'LOG_EVERY', 'TrainingInterrupted', 'run_folder_lock', 'check_run_folder', 'preflight', 'train']
+__all__ = ['IterationBatchSampler', 'random_horizontal_flip', 'random_rescale', 'ema_decay_at', 'ema_update', 'build_optimizer', 'lr_multiplier', 'build_scheduler', 'resolve_data', 'dataset_fingerprint', 'make_grad_scaler', 'LOSS_NAMES', 'LOG_EVERY', 'TrainingInterrupted', 'run_folder_lock', 'check_run_folder', 'preflight', 'train']
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import math
@@ -90,19 +91,68 @@ def random_horizontal_flip(
     return images, torch.where((flip[:, None] & is_box)[..., None], flipped, gt_boxes)
 
 
+def random_rescale(images: torch.Tensor, gt_boxes: torch.Tensor, scale_range: tuple[float, float],
+                   generator: torch.Generator, multiple: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-scale training (chapter 10): resize the whole batch by one factor s ~ U(scale_range).
+
+    Each side becomes round(side * s / multiple) * multiple (at least `multiple`), so the FPN's
+    strides still divide it; boxes are scaled with the pixels, padding rows stay -1. One factor
+    per batch keeps the batch one tensor, on any device.
+
+    Args:
+        images: (B, 3, H, W) float.
+        gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padding rows -1.
+        generator: a CPU torch.Generator (its state is part of the checkpoint).
+    Returns:
+        New (images (B, 3, H', W'), gt_boxes (B, N, 5)).
+    """
+    lo, hi = scale_range
+    s = lo + (hi - lo) * float(torch.rand((), generator=generator))  # a CPU draw: no device sync
+    H, W = images.shape[-2:]
+    new_h = max(multiple, round(H * s / multiple) * multiple)
+    new_w = max(multiple, round(W * s / multiple) * multiple)
+    if (new_h, new_w) == (H, W):
+        return images, gt_boxes
+    images = torch.nn.functional.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    factor = torch.tensor([new_w / W, new_h / H, new_w / W, new_h / H], dtype=gt_boxes.dtype, device=gt_boxes.device)
+    is_box = (gt_boxes[..., 4] >= 0)[..., None]  # (B, N, 1)
+    boxes = torch.where(is_box, gt_boxes[..., :4] * factor, gt_boxes[..., :4])
+    return images, torch.cat([boxes, gt_boxes[..., 4:]], dim=-1)
+
+
+def ema_decay_at(i: int, decay: float) -> float:
+    """The moving average's decay at iteration i: min(decay, (1 + i) / (10 + i)).
+
+    A fixed 0.999 from the start would keep the random initial weights in the average for
+    thousands of steps; the ramp (as in TensorFlow's and timm's EMA) averages over about i
+    steps early on, and over about 1 / (1 - decay) steps later.
+    """
+    return min(decay, (1 + i) / (10 + i))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers (BatchNorm
+    statistics) are copied. `ema` is a deep copy of `model` made before training."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum; weight decay on conv/linear weights only (not norms, not biases)."""
+    """SGD with momentum; weight decay on conv/linear weights only (not norms, not biases), or on
+    every parameter with cfg.decay_norms (torchvision's reference recipe)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
+        (no_decay if param.ndim <= 1 and not cfg.decay_norms else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def lr_multiplier(i: int, cfg: TrainConfig) -> float:
-    """Learning-rate factor at iteration i: linear warm-up, then steps or cosine."""
+    """Learning-rate factor at iteration i: linear warm-up, then steps, cosine, or constant."""
     if i < cfg.warmup_iters:
         warm = 0.001 + (1 - 0.001) * i / cfg.warmup_iters
     else:
@@ -111,7 +161,9 @@ def lr_multiplier(i: int, cfg: TrainConfig) -> float:
         return warm * 0.1 ** sum(i >= int(s * cfg.iters) for s in cfg.steps)
     if cfg.schedule == "cosine":
         return warm * 0.5 * (1 + math.cos(math.pi * min(i, cfg.iters) / cfg.iters))
-    raise ValueError(f"schedule must be 'cosine' or 'step', got {cfg.schedule!r}")
+    if cfg.schedule == "constant":
+        return warm
+    raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {cfg.schedule!r}")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -363,13 +415,16 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
     scheduler = build_scheduler(optimizer, cfg)
     scaler = make_grad_scaler(device, cfg.amp)
     use_amp = scaler.is_enabled()
-    flip_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    flip_generator = torch.Generator().manual_seed(cfg.seed + 1)  # flips and scale jitter
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay is not None else None
     state = {"iteration": 0, "history": [], "train_seconds": 0.0, "train_images": 0}
 
     if resume:
         saved = load_checkpoint(out / "last.pt")
         _check_resume(saved, cfg, class_names, fingerprint, out / "last.pt")
         model.load_state_dict(saved["model"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         restore_grad_scaler(scaler, saved["scaler"])
@@ -379,7 +434,8 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
 
     def checkpoint(flip_state: torch.Tensor) -> dict:
         full = {
-            **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            **state, "model": model.state_dict(), "ema": None if ema is None else ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "config": dataclasses.asdict(cfg), "class_names": class_names, "data_fingerprint": fingerprint,
             "rng": {"flip": flip_state, "torch": torch.get_rng_state()},
@@ -416,6 +472,8 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                     images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator)
                 images = images.to(device, non_blocking=True)
                 gt_boxes = gt_boxes.to(device, non_blocking=True)
+                if cfg.scale_jitter is not None:
+                    images, gt_boxes = random_rescale(images, gt_boxes, cfg.scale_jitter, flip_generator)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     # check_inputs=False: every box was checked where it was read (VOCDataset, preflight).
                     losses = model(images, gt_boxes, check_inputs=False)
@@ -429,6 +487,8 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    ema_update(ema, model, ema_decay_at(state["iteration"], cfg.ema_decay))
 
                 state["iteration"] += 1
                 state["train_images"] += images.shape[0]

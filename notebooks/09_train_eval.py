@@ -127,6 +127,9 @@ class TrainConfig:
     use_groupnorm: bool = True
     center_sampling_radius: float | None = 1.5
     box_loss: str = "giou"
+    box_activation: str = "exp"      # box deltas: "exp" (the paper) or "relu" (the seed, torchvision)
+    centerness_on: str = "reg"       # the stem that predicts centerness: "reg" or "cls" (the paper's §3.3)
+    assigner: str = "fcos"           # positive locations: "fcos" (chapter 04) or "atss" (chapter 10)
     # optimisation
     iters: int = 9000
     batch_size: int = 16
@@ -134,10 +137,15 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 500
-    schedule: str = "cosine"         # "cosine" or "step"
+    schedule: str = "cosine"         # "cosine", "step" or "constant" (after the warm-up)
     steps: tuple[float, ...] = (0.6, 0.9)  # fractions of `iters`, for schedule="step"
     grad_clip: float | None = 10.0   # max gradient norm; None turns clipping off
     hflip: bool = True
+    # Multi-scale training: each batch resized by one factor s drawn in (lo, hi), sides rounded
+    # to a multiple of 32, boxes with it (chapter 10); None = every batch at image_size.
+    scale_jitter: tuple[float, float] | None = None
+    ema_decay: float | None = None   # keep an exponential moving average of the weights (chapter 10)
+    decay_norms: bool = False        # weight decay on norm weights and biases too (torchvision's default)
     amp: bool = True                 # mixed precision, used on CUDA only
     # bookkeeping
     device: str = "auto"
@@ -167,12 +175,18 @@ _CONFIG_RULES = {
     "momentum": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1),
     "weight_decay": ("a finite number >= 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
     "warmup_iters": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
-    "schedule": ("'cosine' or 'step'", lambda v: v in ("cosine", "step")),
+    "schedule": ("'cosine', 'step' or 'constant'", lambda v: v in ("cosine", "step", "constant")),
     "steps": ("fractions in (0, 1)", lambda v: all(isinstance(f, (int, float)) and 0 < f < 1 for f in v)),
     "grad_clip": ("None or a finite number > 0", lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)),
     "fpn_channels": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
     "num_convs": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
     "box_loss": ("'giou' or 'l1'", lambda v: v in ("giou", "l1")),
+    "box_activation": ("'exp' or 'relu'", lambda v: v in ("exp", "relu")),
+    "centerness_on": ("'reg' or 'cls'", lambda v: v in ("reg", "cls")),
+    "assigner": ("'fcos' or 'atss'", lambda v: v in ("fcos", "atss")),
+    "scale_jitter": ("None or (lo, hi) with 0 < lo <= hi", lambda v: v is None or (
+        len(v) == 2 and all(isinstance(f, (int, float)) and math.isfinite(f) for f in v) and 0 < v[0] <= v[1])),
+    "ema_decay": ("None or a number in (0, 1)", lambda v: v is None or (isinstance(v, (int, float)) and 0 < v < 1)),
     "center_sampling_radius": ("None or a finite number > 0", lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)),
     "trainable_backbone_layers": ("None or an int in [0, 5]", lambda v: v is None or (_is_int(v) and 0 <= v <= 5)),
     "checkpoint_every": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
@@ -205,7 +219,8 @@ def config_differences(saved: dict, cfg: TrainConfig) -> dict:
 
     `saved` is a checkpoint's config (dataclasses.asdict of a TrainConfig). Tuples and lists
     compare equal element by element (a checkpoint may store either). `data` may change (a
-    moved folder); the dataset's content is compared by its fingerprint instead.
+    moved folder); the dataset's content is compared by its fingerprint instead. A field that the
+    checkpoint lacks (one written before the field existed) counts as its default.
     """
     def same(a, b):
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -213,8 +228,10 @@ def config_differences(saved: dict, cfg: TrainConfig) -> dict:
         return a == b
 
     new = dataclasses.asdict(cfg)
-    return {name: (saved.get(name), value) for name, value in new.items()
-            if name not in RESUMABLE_CHANGES and not same(saved.get(name), value)}
+    defaults = dataclasses.asdict(TrainConfig())
+    old = {name: saved.get(name, defaults[name]) for name in new}
+    return {name: (old[name], value) for name, value in new.items()
+            if name not in RESUMABLE_CHANGES and not same(old[name], value)}
 
 
 def baseline_recipe(**changes) -> TrainConfig:
@@ -343,6 +360,7 @@ Letters: B images, N boxes per image (padded), H/W the input height and width.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import math
@@ -444,6 +462,54 @@ def random_horizontal_flip(
     is_box = gt_boxes[..., 4] >= 0  # (B, N): padding rows stay -1
     return images, torch.where((flip[:, None] & is_box)[..., None], flipped, gt_boxes)
 
+
+def random_rescale(images: torch.Tensor, gt_boxes: torch.Tensor, scale_range: tuple[float, float],
+                   generator: torch.Generator, multiple: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-scale training (chapter 10): resize the whole batch by one factor s ~ U(scale_range).
+
+    Each side becomes round(side * s / multiple) * multiple (at least `multiple`), so the FPN's
+    strides still divide it; boxes are scaled with the pixels, padding rows stay -1. One factor
+    per batch keeps the batch one tensor, on any device.
+
+    Args:
+        images: (B, 3, H, W) float.
+        gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padding rows -1.
+        generator: a CPU torch.Generator (its state is part of the checkpoint).
+    Returns:
+        New (images (B, 3, H', W'), gt_boxes (B, N, 5)).
+    """
+    lo, hi = scale_range
+    s = lo + (hi - lo) * float(torch.rand((), generator=generator))  # a CPU draw: no device sync
+    H, W = images.shape[-2:]
+    new_h = max(multiple, round(H * s / multiple) * multiple)
+    new_w = max(multiple, round(W * s / multiple) * multiple)
+    if (new_h, new_w) == (H, W):
+        return images, gt_boxes
+    images = torch.nn.functional.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    factor = torch.tensor([new_w / W, new_h / H, new_w / W, new_h / H], dtype=gt_boxes.dtype, device=gt_boxes.device)
+    is_box = (gt_boxes[..., 4] >= 0)[..., None]  # (B, N, 1)
+    boxes = torch.where(is_box, gt_boxes[..., :4] * factor, gt_boxes[..., :4])
+    return images, torch.cat([boxes, gt_boxes[..., 4:]], dim=-1)
+
+
+def ema_decay_at(i: int, decay: float) -> float:
+    """The moving average's decay at iteration i: min(decay, (1 + i) / (10 + i)).
+
+    A fixed 0.999 from the start would keep the random initial weights in the average for
+    thousands of steps; the ramp (as in TensorFlow's and timm's EMA) averages over about i
+    steps early on, and over about 1 / (1 - decay) steps later.
+    """
+    return min(decay, (1 + i) / (10 + i))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter; buffers (BatchNorm
+    statistics) are copied. `ema` is a deep copy of `model` made before training."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
+
 # %%
 images = torch.zeros(1, 3, 32, 64)
 images[..., :8] = 1.0  # a bright stripe at the left edge, x in [0, 8)
@@ -463,18 +529,19 @@ print("stripe moved to x in [56, 64):", bool(out_images[..., 56:].eq(1).all() an
 # %%
 #| export
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum; weight decay on conv/linear weights only (not norms, not biases)."""
+    """SGD with momentum; weight decay on conv/linear weights only (not norms, not biases), or on
+    every parameter with cfg.decay_norms (torchvision's reference recipe)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
+        (no_decay if param.ndim <= 1 and not cfg.decay_norms else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def lr_multiplier(i: int, cfg: TrainConfig) -> float:
-    """Learning-rate factor at iteration i: linear warm-up, then steps or cosine."""
+    """Learning-rate factor at iteration i: linear warm-up, then steps, cosine, or constant."""
     if i < cfg.warmup_iters:
         warm = 0.001 + (1 - 0.001) * i / cfg.warmup_iters
     else:
@@ -483,7 +550,9 @@ def lr_multiplier(i: int, cfg: TrainConfig) -> float:
         return warm * 0.1 ** sum(i >= int(s * cfg.iters) for s in cfg.steps)
     if cfg.schedule == "cosine":
         return warm * 0.5 * (1 + math.cos(math.pi * min(i, cfg.iters) / cfg.iters))
-    raise ValueError(f"schedule must be 'cosine' or 'step', got {cfg.schedule!r}")
+    if cfg.schedule == "constant":
+        return warm
+    raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {cfg.schedule!r}")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -620,15 +689,21 @@ def build_model(cfg: TrainConfig, num_classes: int, load_pretrained_weights: boo
         pretrained_backbone=cfg.pretrained_backbone and load_pretrained_weights,
         trainable_backbone_layers=cfg.trainable_backbone_layers, frozen_batchnorm=cfg.pretrained_backbone,
         use_groupnorm=cfg.use_groupnorm, center_sampling_radius=cfg.center_sampling_radius, box_loss=cfg.box_loss,
+        box_activation=cfg.box_activation, centerness_on=cfg.centerness_on, assigner=cfg.assigner,
     )
 
 
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[FCOS, dict]:
-    """Rebuild the trained model (eval mode) and return it with its checkpoint."""
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                          use_ema: bool = True) -> tuple[FCOS, dict]:
+    """Rebuild the trained model (eval mode) and return it with its checkpoint.
+
+    A run with cfg.ema_decay saves the moving average of the weights too ("ema"); use_ema=True
+    (the default) loads those, the weights that run evaluates; use_ema=False loads the raw weights.
+    """
     state = load_checkpoint(path)
     cfg = TrainConfig(**state["config"])
     model = build_model(cfg, len(state["class_names"]), load_pretrained_weights=False)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["ema"] if use_ema and state.get("ema") is not None else state["model"])
     return model.to(device).eval(), state
 
 
@@ -910,13 +985,16 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
     scheduler = build_scheduler(optimizer, cfg)
     scaler = make_grad_scaler(device, cfg.amp)
     use_amp = scaler.is_enabled()
-    flip_generator = torch.Generator().manual_seed(cfg.seed + 1)
+    flip_generator = torch.Generator().manual_seed(cfg.seed + 1)  # flips and scale jitter
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay is not None else None
     state = {"iteration": 0, "history": [], "train_seconds": 0.0, "train_images": 0}
 
     if resume:
         saved = load_checkpoint(out / "last.pt")
         _check_resume(saved, cfg, class_names, fingerprint, out / "last.pt")
         model.load_state_dict(saved["model"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         restore_grad_scaler(scaler, saved["scaler"])
@@ -926,7 +1004,8 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
 
     def checkpoint(flip_state: torch.Tensor) -> dict:
         full = {
-            **state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            **state, "model": model.state_dict(), "ema": None if ema is None else ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "config": dataclasses.asdict(cfg), "class_names": class_names, "data_fingerprint": fingerprint,
             "rng": {"flip": flip_state, "torch": torch.get_rng_state()},
@@ -963,6 +1042,8 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                     images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator)
                 images = images.to(device, non_blocking=True)
                 gt_boxes = gt_boxes.to(device, non_blocking=True)
+                if cfg.scale_jitter is not None:
+                    images, gt_boxes = random_rescale(images, gt_boxes, cfg.scale_jitter, flip_generator)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     # check_inputs=False: every box was checked where it was read (VOCDataset, preflight).
                     losses = model(images, gt_boxes, check_inputs=False)
@@ -976,6 +1057,8 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                if ema is not None:
+                    ema_update(ema, model, ema_decay_at(state["iteration"], cfg.ema_decay))
 
                 state["iteration"] += 1
                 state["train_images"] += images.shape[0]

@@ -183,6 +183,9 @@ def test_no_flags_is_the_main_job():
     ([], ["--device", "cpu"], "device", "cpu"),
     ([], ["--out", "runs/x"], "out", "runs/x"),
     ([], ["--seed", "7"], "seed", 7),
+    ([], ["--ema-decay", "0.999"], "ema_decay", 0.999),
+    ([], ["--scale-jitter", "0.75", "1.25"], "scale_jitter", (0.75, 1.25)),
+    ([], ["--assigner", "atss"], "assigner", "atss"),
 ])
 def test_every_flag_reaches_the_config(context, flag, field, value):
     base, changed = cfg_of(*context), cfg_of(*context, *flag)
@@ -243,3 +246,10 @@ def test_readme_python_example_runs(tiny_data, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["state"]["iteration"] == 2 and 0 <= namespace["metrics"]["voc07_map50"] <= 1
     assert (tmp_path / "pets" / "metrics.json").is_file()
+
+
+def test_a_bad_new_option_names_the_flag():
+    with pytest.raises(ValueError, match="--scale-jitter must be"):
+        cfg_of("--scale-jitter", "1.25", "0.75")
+    with pytest.raises(ValueError, match="--ema-decay must be"):
+        cfg_of("--ema-decay", "1.5")
