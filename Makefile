@@ -5,7 +5,10 @@
 #   make regen   re-execute every notebook in place (offline, seeded) to refresh stored outputs
 #   make export  rewrite fcos_lib/ from the notebooks' `#| export` cells
 #   make bench   run the speed benchmarks in bench/ (a few minutes)
-#   make bench-torchvision   fcos_lib vs torchvision's FCOS, 828 iterations each (about 40 min on 2 cores)
+#   make bench-torchvision   fcos_lib vs torchvision's FCOS on the two held-out datasets, 2 seeds, 828 iterations
+#                (about 2 hours on 2 cores)
+#   make ablations  chapter 10's table: every ablation row on the two held-out datasets, 2 seeds
+#                (bench/ablations.py -> bench/results/ablations.json; hours on 2 cores, resumable)
 #   make figures the README's images (docs/images/): the main job's loss curve and detections,
 #                and the fcos_lib-vs-torchvision chart from bench/results/ (about 7 min on 2 cores)
 #   make colab   rewrite every Colab badge and install cell from [tool.fcos-course] in pyproject.toml
@@ -16,7 +19,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 LAB_STAMP := $(VENV)/.lab-stamp
 
-.PHONY: install train lab lab-check test regen export bench bench-torchvision figures colab clean
+.PHONY: install train lab lab-check test regen export bench bench-torchvision ablations figures colab clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +59,11 @@ bench: $(STAMP)
 
 bench-torchvision: $(STAMP)
 	$(PY) bench/bench_vs_torchvision.py
+
+# Rows already in the results file are skipped: an interrupted run continues where it stopped.
+ablations: $(STAMP)
+	$(PY) bench/ablations.py --budget smoke --rows "course default" --datasets signs --seeds 0
+	$(PY) bench/ablations.py --budget screen $(ARGS)
 
 figures: $(STAMP)
 	$(PY) tools/figures.py

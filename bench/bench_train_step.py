@@ -8,8 +8,8 @@ step. The model's own forward is timed as a whole; target building and the loss 
 wrapping the two functions FCOS.forward calls, so what is measured is the library's real step.
 Goal: target building + loss under 10 % of the step.
 
-The peer: torchvision's `FCOS` class on the same trunk and FPN width (bench_vs_torchvision.py's
-build, 64 channels), on the same batches, one step of each in turn so that a machine whose speed
+The peer: torchvision's `FCOS` class on the same trunk and FPN width (fcos_lib.experiments.build_peer,
+chapter 10's peer: p3-p5, 64 channels), on the same batches, one step of each in turn so that a machine whose speed
 drifts slows both alike. It prints fcos_lib's images/s as a ratio to the peer's (issue 14's goal
 on a CPU: at least 1.3x). `--no-peer` leaves it out.
 """
@@ -120,16 +120,17 @@ def main() -> None:
 
 def make_peer_step(num_classes: int, image_size: int, device: torch.device):
     """One training step of torchvision's FCOS, timed: f(images, gt_boxes, sync) -> seconds."""
-    from bench_vs_torchvision import _tv_targets, build_torchvision_fcos
+    from fcos_lib.experiments import build_peer
 
     torch.manual_seed(0)
-    peer = build_torchvision_fcos(num_classes, 64, image_size).to(device).train()
+    peer = build_peer(num_classes, image_size).to(device).train()
     optimizer = build_optimizer(peer, improved_recipe())
 
     def step(images, gt_boxes, sync) -> float:
         sync()
         tic = time.perf_counter()
-        losses = peer(list(images), _tv_targets(gt_boxes))
+        losses = peer(list(images), [{"boxes": rows[rows[:, 4] >= 0, :4], "labels": rows[rows[:, 4] >= 0, 4].long()}
+                                     for rows in gt_boxes])
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

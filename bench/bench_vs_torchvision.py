@@ -1,300 +1,345 @@
-"""Benchmark: fcos_lib's FCOS against torchvision's own FCOS class, same budget, same images.
+"""Benchmark: fcos_lib's FCOS against torchvision's FCOS on the same trunk, at equal iterations and
+at equal wall-clock, on held-out data, over several seeds.
 
-Chapter 09's goal "same budget, harder data": both detectors start from a randomly initialised
-RegNetX-400MF, see the same batches (same sampler, same flips) for the same number of iterations
-with the same optimiser and schedule, and are scored with the same metric code (torchmetrics
-MeanAveragePrecision; `difficult` objects ignored) on the val split. What differs is the
-detector itself:
+Issue 13's goal: `python -m fcos_lib train --iters 828 --batch-size 16 --image-size 224` reaches
+at least 1.5x torchvision FCOS's mAP@0.5 on each held-out dataset, as means over at least 2 seeds
+each. This script trains both detectors in the same run, from scratch, on each dataset with each
+seed, scores both with the same metric code (fcos_lib.evaluate.detection_metrics, in original-image
+pixels, `difficult` objects ignored) on the val split, and prints, per dataset, each seed's
+mAP@0.5 and mAP@[.5:.95], the mean and the spread (min-max) over the seeds, the ratio of the means
+fcos_lib / torchvision, and whether the 1.5x goal is met.
 
-- fcos_lib: `fcos_lib.train.improved_recipe()` exactly as `python -m fcos_lib train --data DIR`
-  runs it (p3-p5, head width 64, GroupNorm, centre sampling 1.5, GIoU, box deltas exp(x)).
-- torchvision: `torchvision.models.detection.FCOS` on the same trunk, with torchvision's standard
-  FCOS neck (FPN p3-p5 plus LastLevelP6P7, as in `fcos_resnet50_fpn`) and anchor sizes 8..128
-  (one per stride, so its scale ranges are the paper's). Its width is `--tv-channels` (default
-  64, the same as ours, so that both cost about the same per step on a CPU; 256 is torchvision's
-  ResNet-50 width). Images reach it already letterboxed to the input size, so its internal
-  transform only normalises. Its score threshold is set to 0.05 (ours) instead of its default
-  0.2, which would cut its recall and so its mAP.
+fcos_lib: exactly what `python -m fcos_lib train --data DIR --iters N --batch-size B --image-size S
+--seed K` runs. The config is built by the CLI's own `fcos_lib.cli.config_from_args` (so the two
+cannot drift): improved_recipe (p3-p5, width 64, GroupNorm head, centre sampling 1.5, GIoU, exp
+box deltas, centerness on the regression stem, flips, SGD lr 0.02, warm-up min(500, N // 10),
+cosine, clip 10), only with --in-memory and --device cpu added (the same batches, decoded once).
 
-With no `--data`, the benchmark generates a *held-out* dataset the course never trains on:
-the five course shapes, but every object in a random colour (so the class must be read from the
-shape alone), up to ten objects, and unlabelled distractor blobs. Pass `--data DIR` (any VOC
-layout folder with the two splits) to compare on your own data.
+torchvision: fcos_lib.experiments' peer, the issue's exact setup (`build_peer`, `train_peer`,
+`score_peer`):
 
-    .venv/bin/python bench/bench_vs_torchvision.py                       # 828 iters, batch 16, 224 px
+- trunk: RegNetX-400MF (c3, c4, c5) from fcos_lib.backbone, random init, BatchNorm training,
+  the same trunk as fcos_lib's;
+- neck: torchvision's FeaturePyramidNetwork, 64 channels, p3-p5 (no p6/p7);
+- detector: `torchvision.models.detection.FCOS` with its default GroupNorm head, anchor sizes
+  8/16/32 (one per stride, so its scale ranges are the course's), score_thresh 0.05, input
+  resized to min_size = max_size = image size; everything else torchvision's defaults
+  (centre sampling 1.5, NMS 0.6, 100 detections, 1000 top-k candidates);
+- input: fcos_lib's letterboxed images cut back to their content (torchvision's FCOS pads by itself);
+- training: torch.manual_seed(seed) before building; SGD lr 0.01, momentum 0.9, weight decay 1e-4
+  on every parameter, linear warm-up over 100 of 828 iterations (scaled to the iteration count),
+  then constant; gradient clipped at norm 10; no flips; batches drawn with replacement;
+- scoring: the same detection_metrics as fcos_lib's evaluate, in original-image pixels.
+
+Data: by default both held-out datasets of fcos_lib.heldout ("signs", "tiles"; generated on first
+use, never used to train the course's main job), one after the other; `--held-out signs` picks
+one. `--data DIR [DIR ...]` (any VOC-layout folders, with --train-split / --val-split) runs on
+your own data instead.
+
+Equal wall-clock (`--minutes M`): after the equal-iteration runs, each detector's seconds per
+training step are measured on each dataset (10 timed steps after 2 untimed ones, each model
+trained from scratch, batches as in its real run), and each detector then trains, from scratch,
+floor(M * 60 / step seconds) iterations: fcos_lib as `python -m fcos_lib train --iters THAT`
+(so its warm-up is a tenth of that, its cosine spans it), torchvision with `train_peer`'s schedule
+scaled to it. The iteration counts and the seconds each run really trained are printed. Timings
+are only as fair as the machine is quiet: run it alone.
+
+    .venv/bin/python bench/bench_vs_torchvision.py                       # both held-out sets, seeds 0 1, 828 it
+    .venv/bin/python bench/bench_vs_torchvision.py --minutes 15          # + equal wall-clock, 15 min each
+    .venv/bin/python bench/bench_vs_torchvision.py --held-out signs --seeds 0 1 2
     .venv/bin/python bench/bench_vs_torchvision.py --data DIR --train-split trainval --val-split test
 
-It prints both mAPs, the difference, and each model's training speed. It takes about twice as
-long as one `python -m fcos_lib train --iters 828` run: about 36 minutes of training on a 2-core
-CPU at the 12.4 and 12.3 images/s of the run in bench/results/vs_torchvision.json.
+Time: about 15 minutes per 828-iteration run of 16 images at 224 px on the 2-core development
+CPU, for either detector, so the default (2 datasets x 2 seeds x 2 detectors) takes about 2 hours;
+`--minutes M` adds about 2 x 2 x 2 x M minutes plus a minute of step timing per dataset.
 
-Measured on the 2-core development CPU with the defaults (held-out dataset, 828 iterations,
-one run each; torchvision's figures are reproducible to the digit, the run is seeded):
-
-    head box deltas clamped at 0 (ReLU, as torchvision), lr 8e-3:
-                     fcos_lib mAP@0.5 0.098, mAP@[.5:.95] 0.034 | torchvision 0.096, 0.037
-    same, lr 0.02:   fcos_lib mAP@0.5 0.103, mAP@[.5:.95] 0.042 | torchvision 0.107, 0.041
-    exp(x) deltas (chapter 02), lr 0.02:
-                     fcos_lib mAP@0.5 0.128, mAP@[.5:.95] 0.053 | torchvision 0.107, 0.041
-
-With the clamp the two detectors were the same design and tied; the paper's exp(x) keeps a
-gradient on every side of every box (a clamped side has none), and fcos_lib then leads by
-+0.021 mAP@0.5 and +0.013 mAP@[.5:.95]. (fcos_lib with 128 channels and the clamp reached
-0.122 mAP@0.5 here, but a wider neck would widen torchvision's too, so both stay at 64.)
+Results: printed, and written with the command line, date and versions to --results (default
+bench/results/vs_torchvision.json on the default held-out data, OUT/result.json otherwise; while
+it runs, OUT/result.json holds the runs finished so far). The measured figures live in
+bench/results/vs_torchvision.json, not here. That file's top-level "fcos_lib" and "torchvision"
+entries (means over every dataset and seed, at equal iterations) are what
+fcos_lib.report.plot_vs_torchvision draws (tools/figures.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import time
-from collections import OrderedDict
+import shlex
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
-from PIL import Image, ImageDraw
-from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.feature_extraction import create_feature_extractor
-from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
-from tqdm.auto import tqdm
 
 import fcos_lib
-from fcos_lib import course_data
-from fcos_lib.backbone import RETURN_NODES, make_regnet_x_400mf, stage_out_channels
 from fcos_lib.checkpoint import model_from_checkpoint
-from fcos_lib.config import improved_recipe
-from fcos_lib.data import VOCDataset, collate_detection
-from fcos_lib.env import default_data_dir
-from fcos_lib.evaluate import detection_metrics
-from fcos_lib.inference import detect
-from fcos_lib.train import IterationBatchSampler, build_optimizer, build_scheduler, random_horizontal_flip, train
-from fcos_lib.transforms import boxes_to_original
+from fcos_lib.cli import build_parser as build_cli_parser, config_from_args
+from fcos_lib.data import VOCDataset
+from fcos_lib.evaluate import evaluate
+from fcos_lib.experiments import build_peer, score_peer, train_peer
+from fcos_lib.heldout import HELD_OUT_CLASSES, make_held_out_dataset
+from fcos_lib.train import train
 from fcos_lib.voc import read_class_names
 
-
-# ---------------------------------------------------------------------------------------------
-# A held-out dataset: course shapes in random colours, crowded, with distractors.
-# ---------------------------------------------------------------------------------------------
-def _held_out_image(rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
-    long_side = int(rng.integers(224, 321))
-    short_side = int(round(long_side * rng.uniform(0.62, 1.0)))
-    W, H = (long_side, short_side) if rng.random() < 0.6 else (short_side, long_side)
-    scale = long_side / 224
-    canvas = course_data._background(rng, H, W)
-    owner = np.full((H, W), -1, dtype=np.int16)
-    objects = []
-    num_objects = int(rng.integers(0, 11))
-    num_distractors = int(rng.integers(0, 5))
-    kinds = [None] * num_distractors + [course_data.COURSE_CLASSES[rng.integers(5)] for _ in range(num_objects)]
-    rng.shuffle(kinds)
-    for kind in kinds:
-        side = math.exp(rng.uniform(math.log(10), math.log(200))) * scale  # log-uniform: all FPN levels
-        aspect = math.exp(rng.uniform(0.0, math.log(2.5)))
-        w, h = (side, side / aspect) if rng.random() < 0.5 else (side / aspect, side)
-        w, h = max(4, min(int(w), W - 2)), max(4, min(int(h), H - 2))
-        x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
-        if kind is None:  # distractor: a random blob, not a course shape
-            k = int(rng.integers(5, 9))
-            angles = np.sort(rng.uniform(0, 2 * math.pi, k))
-            radii = rng.uniform(0.3, 1.0, k)
-            px = (np.cos(angles) * radii + 1) / 2 * (w - 1)
-            py = (np.sin(angles) * radii + 1) / 2 * (h - 1)
-            mask_img = Image.new("L", (w, h), 0)
-            ImageDraw.Draw(mask_img).polygon(list(zip(px.tolist(), py.tolist())), fill=255)
-            mask = np.asarray(mask_img) > 0
-        else:
-            mask = course_data._shape_mask(rng, kind, w, h)
-        colour = course_data._hsv(rng, rng.uniform(0, 360), (0.3, 0.95), (0.3, 0.95))
-        patch = colour + rng.normal(0.0, 8.0, (h, w, 3))
-        canvas[y:y + h, x:x + w][mask] = patch[mask]
-        if kind is None:
-            owner[y:y + h, x:x + w][mask] = -2
-            continue
-        owner[y:y + h, x:x + w][mask] = len(objects)
-        ys, xs = np.nonzero(mask)
-        objects.append({"name": kind, "box": (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1,
-                                              y + int(ys.max()) + 1), "area": int(mask.sum())})
-    for j, obj in enumerate(objects):
-        visible = int((owner == j).sum())
-        small = max(obj["box"][2] - obj["box"][0], obj["box"][3] - obj["box"][1]) < 8 * scale
-        obj["difficult"] = small or visible < 0.45 * obj["area"]
-    return np.clip(np.round(canvas), 0, 255).astype(np.uint8), objects
-
-
-def make_held_out_dataset(root: Path, num_train: int = 600, num_val: int = 150, seed: int = 12345) -> Path:
-    """Write the held-out dataset (VOC layout, splits train/val) to `root`, or reuse it."""
-    stamp = {"dataset": "bench held-out shapes", "version": 1, "num_train": num_train, "num_val": num_val, "seed": seed}
-    if (root / ".done").is_file() and json.loads((root / ".done").read_text()) == stamp:
-        return root
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for split_code, (split, count) in enumerate((("train", num_train), ("val", num_val))):
-        ids = []
-        for i in range(count):
-            image_id = f"{split}_{i:05d}"
-            image, objects = _held_out_image(np.random.default_rng([seed, split_code, i]))
-            Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=92)
-            H, W = image.shape[:2]
-            (root / "Annotations" / f"{image_id}.xml").write_text(course_data._voc_xml(image_id, W, H, objects))
-            ids.append(image_id)
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in ids))
-    (root / ".done").write_text(json.dumps(stamp))
-    return root
+RESULTS = Path(__file__).resolve().parent / "results" / "vs_torchvision.json"
+GOAL_RATIO = 1.5
+GOAL_BUDGET = {"iters": 828, "batch_size": 16, "image_size": 224, "min_seeds": 2}
+METRIC_KEYS = ("voc07_map50", "voc_map50", "map50", "map")
+DETECTORS = ("fcos_lib", "torchvision")
+TIMED_STEPS, UNTIMED_STEPS = 10, 2
 
 
 # ---------------------------------------------------------------------------------------------
-# torchvision's FCOS on the same trunk
+# One run of each detector
 # ---------------------------------------------------------------------------------------------
-class RegNetFPNP3P7(nn.Module):
-    """RegNetX-400MF (c3, c4, c5) + torchvision's FeaturePyramidNetwork with P6/P7 (p3..p7)."""
-
-    def __init__(self, out_channels: int):
-        super().__init__()
-        regnet = make_regnet_x_400mf(pretrained=False)
-        in_channels = [stage_out_channels(regnet.get_submodule(node)) for node in RETURN_NODES]
-        self.body = create_feature_extractor(regnet, RETURN_NODES)
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelP6P7(out_channels, out_channels))
-        self.out_channels = out_channels
-
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return self.fpn(OrderedDict(self.body(x)))
+def fcos_lib_config(root: Path, args, iters: int, seed: int, out: Path):
+    """The TrainConfig of `python -m fcos_lib train --data ROOT --iters ITERS ...`, via the CLI's own code."""
+    argv = ["train", "--data", str(root), "--train-split", args.train_split, "--val-split", args.val_split,
+            "--iters", str(iters), "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+            "--seed", str(seed), "--out", str(out), "--device", "cpu", "--in-memory"]
+    return config_from_args(build_cli_parser().parse_args(argv))
 
 
-def build_torchvision_fcos(num_classes: int, channels: int, image_size: int) -> torchvision.models.detection.FCOS:
-    anchor_generator = AnchorGenerator(sizes=((8,), (16,), (32,), (64,), (128,)), aspect_ratios=((1.0,),) * 5)
-    return torchvision.models.detection.FCOS(
-        RegNetFPNP3P7(channels), num_classes=num_classes, min_size=image_size, max_size=image_size,
-        anchor_generator=anchor_generator, score_thresh=0.05, nms_thresh=0.6, detections_per_img=100,
-        topk_candidates=1000,
-    )
+def run_fcos_lib(root: Path, args, iters: int, seed: int, out: Path, val: VOCDataset) -> dict:
+    cfg = fcos_lib_config(root, args, iters, seed, out)
+    state = train(cfg, progress=False, overwrite=True)
+    if list(state["class_names"]) != list(val.class_names):
+        raise RuntimeError(f"class order differs: fcos_lib {state['class_names']} vs {val.class_names}")
+    model, _ = model_from_checkpoint(out / "last.pt")
+    metrics = evaluate(model, val)
+    seconds = state["train_seconds"]
+    return {**{k: metrics[k] for k in METRIC_KEYS}, "iters": state["iteration"], "warmup_iters": cfg.warmup_iters,
+            "train_seconds": round(seconds, 1), "train_images_per_s": round(state["train_images"] / seconds, 2),
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
 
 
-def _tv_targets(gt_boxes: torch.Tensor) -> list[dict]:
-    """(B, N, 5) padded rows -> torchvision's list of {"boxes": (N_i, 4), "labels": (N_i,)}."""
-    out = []
-    for rows in gt_boxes:
-        rows = rows[rows[:, 4] >= 0]
-        out.append({"boxes": rows[:, :4], "labels": rows[:, 4].long()})
+def run_torchvision(train_set: VOCDataset, args, iters: int, seed: int, val: VOCDataset) -> dict:
+    torch.manual_seed(seed)  # as fcos_lib.experiments.run_peer_row
+    model = build_peer(len(train_set.class_names), args.image_size)
+    speed = train_peer(model, train_set, iters, args.batch_size, seed)
+    metrics = score_peer(model, val)
+    return {**{k: metrics[k] for k in METRIC_KEYS}, "iters": iters, "warmup_iters": max(1, round(100 * iters / 828)),
+            "train_seconds": round(iters * args.batch_size / speed, 1), "train_images_per_s": round(speed, 2),
+            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
+
+
+def step_seconds(root: Path, train_set: VOCDataset, args, out: Path) -> dict:
+    """Seconds per training step of each detector: (time of 2 + 10 steps - time of 2 steps) / 10,
+    each a fresh run from scratch (so the first steps' one-off costs cancel), seed = the first seed."""
+    seed, n0, n1 = args.seeds[0], UNTIMED_STEPS, UNTIMED_STEPS + TIMED_STEPS
+
+    def ours(n):
+        cfg = fcos_lib_config(root, args, n, seed, out / "timing_fcos_lib")
+        return train(cfg, progress=False, overwrite=True)["train_seconds"]
+
+    def peer(n):
+        torch.manual_seed(seed)
+        model = build_peer(len(train_set.class_names), args.image_size)
+        return n * args.batch_size / train_peer(model, train_set, n, args.batch_size, seed)
+
+    result = {}
+    for name, timed in (("fcos_lib", ours), ("torchvision", peer)):
+        result[name] = max((timed(n1) - timed(n0)) / TIMED_STEPS, 1e-6)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+# ---------------------------------------------------------------------------------------------
+def _mean(values):
+    return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean, min, max over the seeds of map50 and map for each detector; the ratios of the means."""
+    out = {}
+    for who in DETECTORS:
+        out[who] = {}
+        for k in ("map50", "map"):
+            values = [r[who][k] for r in runs]
+            known = [v for v in values if v is not None]
+            out[who][k] = {"mean": _mean(values), "min": min(known) if known else None,
+                           "max": max(known) if known else None}
+        out[who]["iters"] = sorted({r[who]["iters"] for r in runs})
+        out[who]["train_seconds_mean"] = _mean([r[who]["train_seconds"] for r in runs])
+    out["ratio_map50"] = _ratio(out["fcos_lib"]["map50"]["mean"], out["torchvision"]["map50"]["mean"])
+    out["ratio_map"] = _ratio(out["fcos_lib"]["map"]["mean"], out["torchvision"]["map"]["mean"])
+    ours, peer = out["fcos_lib"]["map50"]["mean"], out["torchvision"]["map50"]["mean"]
+    # ratio None: a mean is unknown (no ground truth), or torchvision's is 0 (then any mAP of ours meets it)
+    out["goal_met"] = (out["ratio_map50"] >= GOAL_RATIO if out["ratio_map50"] is not None
+                       else ours is not None and peer == 0 and ours > 0)
+    out["num_seeds"] = len(runs)
     return out
 
 
-def train_torchvision(model, dataset: VOCDataset, cfg) -> float:
-    """The fcos_lib training loop's schedule, batches and flips, for torchvision's FCOS; returns images/s."""
-    torch.manual_seed(cfg.seed)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    flip_generator = torch.Generator().manual_seed(cfg.seed + 1)
-    sampler = IterationBatchSampler(len(dataset), cfg.batch_size, cfg.iters, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_detection)
-    model.train()
-    tic = time.perf_counter()
-    with tqdm(total=cfg.iters, desc="torchvision FCOS") as bar:
-        for images, gt_boxes, _ in loader:
-            if cfg.hflip:
-                images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator)
-            losses = model(list(images), _tv_targets(gt_boxes))
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"torchvision FCOS: non-finite loss {losses}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()}, refresh=False)
-            bar.update(1)
-    return cfg.iters * cfg.batch_size / (time.perf_counter() - tic)
+def _f(v, fmt="{:.3f}"):
+    return "n/a" if v is None else fmt.format(v)
+
+
+def run_line(name: str, seed: int, mode: str, run: dict) -> str:
+    a, b = run["fcos_lib"], run["torchvision"]
+    return (f"{name} seed {seed} {mode}: fcos_lib mAP@0.5 {_f(a['map50'])} mAP {_f(a['map'])} "
+            f"({a['iters']} it, {a['train_seconds']:.0f} s) | torchvision mAP@0.5 {_f(b['map50'])} mAP {_f(b['map'])} "
+            f"({b['iters']} it, {b['train_seconds']:.0f} s) | ratio mAP@0.5 {_f(_ratio(a['map50'], b['map50']), '{:.2f}x')}")
+
+
+def print_summary(result: dict) -> None:
+    print()
+    print(f"{'dataset':10s} {'budget':18s} {'iters fl/tv':>12s} {'fcos_lib mAP@0.5':>22s} "
+          f"{'torchvision mAP@0.5':>22s} {'ratio':>7s} {'mAP ratio':>9s}  >= {GOAL_RATIO}x")
+    for name, entry in result["datasets"].items():
+        for mode, label in (("equal_iters", "equal iterations"), ("equal_time", "equal wall-clock")):
+            if mode not in entry or not entry[mode]["runs"]:
+                continue
+            s = entry[mode]["summary"]
+            its = "/".join(",".join(map(str, s[w]["iters"])) for w in DETECTORS)
+            cells = [f"{_f(s[w]['map50']['mean'])} [{_f(s[w]['map50']['min'])}-{_f(s[w]['map50']['max'])}]"
+                     for w in DETECTORS]
+            verdict = "yes" if s["goal_met"] else "no"
+            print(f"{name:10s} {label:18s} {its:>12s} {cells[0]:>22s} {cells[1]:>22s} "
+                  f"{_f(s['ratio_map50'], '{:.2f}x'):>7s} {_f(s['ratio_map'], '{:.2f}x'):>9s}  {verdict}")
+    print(f"(means over seeds {result['seeds']}, [min-max] across them; ratio = mean fcos_lib / mean torchvision)")
+    print(f"goal (issue 13: fcos_lib >= {GOAL_RATIO}x torchvision's mAP@0.5 at equal iterations, per dataset): "
+          + ", ".join(f"{name} {'met' if e['equal_iters']['summary']['goal_met'] else 'not met'}"
+                      for name, e in result["datasets"].items() if e["equal_iters"]["runs"]))
+    if not result["goal_conditions"]:
+        print(f"note: the goal is stated at {GOAL_BUDGET['iters']} iterations x {GOAL_BUDGET['batch_size']} images "
+              f"x {GOAL_BUDGET['image_size']} px, >= {GOAL_BUDGET['min_seeds']} seeds, on the held-out datasets; "
+              "this run differs, so its verdicts are indicative only")
+
+
+def chart_fields(result: dict) -> dict:
+    """Top-level fields fcos_lib.report.plot_vs_torchvision reads: each detector's four mAPs and
+    training speed, means over every dataset and seed at equal iterations."""
+    runs = [r for e in result["datasets"].values() for r in e["equal_iters"]["runs"]]
+    return {who: {k: _mean([r[who][k] for r in runs]) for k in (*METRIC_KEYS, "train_images_per_s")}
+            for who in DETECTORS} if runs else {}
 
 
 # ---------------------------------------------------------------------------------------------
-# One metric for both
-# ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def metrics_of(predict, dataset: VOCDataset) -> dict:
-    """fcos_lib.evaluate.detection_metrics (VOC07, VOC, COCO-style AP50, mAP@[.5:.95]) in original-image
-    pixels; `predict(images, targets)` -> per-image dicts with boxes in network-input pixels."""
-    predictions, ground_truths = [], []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=collate_detection)
-    for images, _, targets in loader:
-        for det, t in zip(predict(images, targets), targets):
-            predictions.append({"boxes": boxes_to_original(det["boxes"], t), "scores": det["scores"], "labels": det["labels"]})
-            ground_truths.append({"boxes": boxes_to_original(t["boxes"], t), "labels": t["labels"], "difficult": t["difficult"]})
-    return detection_metrics(predictions, ground_truths, dataset.class_names)
-
-
-def content(images: torch.Tensor, targets: list) -> list:
-    """Each letterboxed image cut back to its content (h, w): torchvision's FCOS pads by itself and
-    clips its boxes to the size it was given, so it must be given the real image, not the padding."""
-    return [image[:, :t["resized_size"][0], :t["resized_size"][1]] for image, t in zip(images, targets)]
-
-
-RESULTS = Path(__file__).resolve().parent / "results" / "vs_torchvision.json"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="VOC-layout folder (default: generate the held-out dataset)")
+    parser.add_argument("--data", nargs="+", action="extend", metavar="DIR",
+                        help="VOC-layout folder(s), repeatable (default: the held-out datasets)")
+    parser.add_argument("--held-out", nargs="+", choices=list(HELD_OUT_CLASSES), default=None,
+                        help="which held-out datasets to run when there is no --data (default: all)")
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--val-split", default="val")
-    parser.add_argument("--iters", type=int, default=828)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--tv-channels", type=int, default=64, help="torchvision FCOS's FPN/head width (256: its ResNet-50 width)")
-    parser.add_argument("--out", default="runs/bench_vs_torchvision")
+    parser.add_argument("--iters", type=int, default=GOAL_BUDGET["iters"])
+    parser.add_argument("--batch-size", type=int, default=GOAL_BUDGET["batch_size"])
+    parser.add_argument("--image-size", type=int, default=GOAL_BUDGET["image_size"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="also compare at equal wall-clock: each detector trains floor(M*60 / its step seconds) iterations")
+    parser.add_argument("--out", default="runs/bench_vs_torchvision", help="run folders (fcos_lib's last.pt) and result.json")
+    parser.add_argument("--results", default=None,
+                        help="results JSON (default: bench/results/vs_torchvision.json on the held-out data, else OUT/result.json)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.data and args.held_out:
+        parser.error("--data and --held-out exclude each other")
+    if args.minutes is not None and args.minutes <= 0:
+        parser.error("--minutes must be > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    root = Path(args.data) if args.data else make_held_out_dataset(default_data_dir() / "bench_held_out_voc")
-    class_names = read_class_names(root, args.train_split)
-    print(f"data: {root}  classes: {class_names}")
+    out.mkdir(parents=True, exist_ok=True)
 
-    # fcos_lib: exactly what `python -m fcos_lib train --data ROOT --iters N ...` runs.
-    cfg = improved_recipe(
-        data=str(root), classes=tuple(class_names), train_split=args.train_split, val_split=args.val_split,
-        image_size=args.image_size, iters=args.iters, batch_size=args.batch_size, in_memory=True, num_workers=0,
-        warmup_iters=min(500, args.iters // 10), device="cpu", out=str(out / "fcos_lib"),
-    )
-    train_set = VOCDataset(root, cfg.train_split, class_names=class_names, image_size=cfg.image_size, in_memory=True)
-    val_set = VOCDataset(root, cfg.val_split, class_names=class_names, image_size=cfg.image_size, in_memory=True)
-    print(f"train: {len(train_set)} images, val: {len(val_set)} images; {cfg.iters} iterations of {cfg.batch_size} at {cfg.image_size} px")
+    held_out = not args.data
+    if held_out:
+        kinds = args.held_out or list(HELD_OUT_CLASSES)
+        datasets = {kind: make_held_out_dataset(kind) for kind in kinds}
+        if args.train_split != "train" or args.val_split != "val":
+            parser.error("the held-out datasets have the splits train and val only")
+    else:
+        datasets = {}
+        for d in args.data:
+            name, n = Path(d).resolve().name, 2
+            while name in datasets:
+                name, n = f"{Path(d).resolve().name}_{n}", n + 1
+            datasets[name] = Path(d)
+    results_path = Path(args.results) if args.results else (RESULTS if held_out else out / "result.json")
+    progress_path = out / "result.json"
 
-    state = train(cfg)
-    ours_speed = state["train_images"] / state["train_seconds"]
-    ours, _ = model_from_checkpoint(out / "fcos_lib" / "last.pt")
-    ours_map = metrics_of(lambda images, targets: detect(
-        ours, images, score_thresh=0.05, image_sizes=[t["resized_size"] for t in targets]), val_set)
+    result = {
+        "command": "python bench/bench_vs_torchvision.py " + shlex.join(sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fcos_lib_version": fcos_lib.__version__, "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__, "torch_threads": torch.get_num_threads(),
+        "data": "fcos_lib.heldout: " + ", ".join(datasets) if held_out else [str(p) for p in datasets.values()],
+        "iters": args.iters, "batch_size": args.batch_size, "image_size": args.image_size, "seeds": args.seeds,
+        "minutes": args.minutes,
+        "fcos_lib_command": f"python -m fcos_lib train --data DIR --iters {args.iters} --batch-size {args.batch_size} "
+                            f"--image-size {args.image_size} --seed SEED (+ --in-memory --device cpu)",
+        "peer": "fcos_lib.experiments build_peer/train_peer/score_peer (torchvision FCOS, RegNetX-400MF + FPN p3-p5, "
+                "64 ch, anchors 8/16/32, SGD lr 0.01 + warm-up 100/828 then constant, clip 10, no flips)",
+        "goal": {"ratio_map50": GOAL_RATIO, **GOAL_BUDGET},
+        "goal_conditions": (held_out and args.iters == GOAL_BUDGET["iters"] and args.batch_size == GOAL_BUDGET["batch_size"]
+                            and args.image_size == GOAL_BUDGET["image_size"] and len(args.seeds) >= GOAL_BUDGET["min_seeds"]),
+        "chart_note": "top-level fcos_lib / torchvision: means over every dataset and seed at equal iterations "
+                      "(what fcos_lib.report.plot_vs_torchvision draws); per dataset: datasets.*",
+        "datasets": {},
+        "complete": False,
+    }
 
-    torch.manual_seed(cfg.seed)
-    tv = build_torchvision_fcos(len(class_names), args.tv_channels, cfg.image_size)
-    tv_speed = train_torchvision(tv, train_set, cfg)
-    tv.eval()
-    tv_map = metrics_of(lambda images, targets: tv(content(images, targets)), val_set)
+    def save(path: Path) -> None:
+        result.update(chart_fields(result))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
 
-    n_ours = sum(p.numel() for p in ours.parameters()) / 1e6
-    n_tv = sum(p.numel() for p in tv.parameters()) / 1e6
-    print()
-    keys = ("voc07_map50", "voc_map50", "map50", "map")
-    print(f"{'':18s}" + "".join(f"{k:>12s}" for k in keys) + f"{'train img/s':>12s}{'params (M)':>11s}")
-    for name, metrics, speed, n in (("fcos_lib FCOS", ours_map, ours_speed, n_ours), ("torchvision FCOS", tv_map, tv_speed, n_tv)):
-        print(f"{name:18s}" + "".join(f"{metrics[k]:12.3f}" for k in keys) + f"{speed:12.1f}{n:11.2f}")
-    print("fcos_lib / torchvision: " + ", ".join(f"{k} {ours_map[k] / max(tv_map[k], 1e-9):.2f}x" for k in keys))
-    result = {"data": str(root), "iters": cfg.iters, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
-              "tv_channels": args.tv_channels,
-              "fcos_lib": {**{k: ours_map[k] for k in keys}, "train_images_per_s": ours_speed},
-              "torchvision": {**{k: tv_map[k] for k in keys}, "train_images_per_s": tv_speed}}
-    (out / "result.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {out / 'result.json'}")
-    if not args.data:  # the held-out dataset: the figures the README's chart draws (make figures)
-        result.update(command="make bench-torchvision", data="the benchmark's held-out generated dataset",
-                      measured=time.strftime("%Y-%m-%d") + ", fcos_lib " + fcos_lib.__version__)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+    for name, root in datasets.items():
+        class_names = read_class_names(root, args.train_split)
+        train_set = VOCDataset(root, args.train_split, class_names=class_names, image_size=args.image_size, in_memory=True)
+        val = VOCDataset(root, args.val_split, class_names=class_names, image_size=args.image_size, in_memory=True)
+        print(f"== {name}: {root}  classes {class_names}; train {len(train_set)} images, val {len(val)}", flush=True)
+        entry = result["datasets"][name] = {
+            "data": str(root), "train_split": args.train_split, "val_split": args.val_split, "classes": class_names,
+            "num_train": len(train_set), "num_val": len(val),
+            "equal_iters": {"iters": {"fcos_lib": args.iters, "torchvision": args.iters}, "runs": []},
+        }
+        budgets = [("equal_iters", {"fcos_lib": args.iters, "torchvision": args.iters})]
+        if args.minutes is not None:
+            print(f"{name}: timing {UNTIMED_STEPS} + {TIMED_STEPS} steps of each detector ...", flush=True)
+            step = step_seconds(root, train_set, args, out / name)
+            iters = {who: max(1, math.floor(args.minutes * 60 / step[who])) for who in DETECTORS}
+            entry["equal_time"] = {"minutes": args.minutes, "step_seconds": {w: round(s, 4) for w, s in step.items()},
+                                   "iters": iters, "runs": []}
+            print(f"{name}: step seconds fcos_lib {step['fcos_lib']:.3f}, torchvision {step['torchvision']:.3f} -> "
+                  f"in {args.minutes:g} min: fcos_lib {iters['fcos_lib']} iterations, torchvision {iters['torchvision']}",
+                  flush=True)
+            budgets.append(("equal_time", iters))
+        done = {}  # (detector, iters, seed) -> run: a budget that repeats another's iteration count reuses it
+        for mode, iters in budgets:
+            for seed in args.seeds:
+                run = {"seed": seed}
+                for who in DETECTORS:
+                    key = (who, iters[who], seed)
+                    if key not in done:
+                        print(f"{name} seed {seed}: training {who} for {iters[who]} iterations ...", flush=True)
+                        if who == "fcos_lib":
+                            run_dir = out / name / f"seed{seed}" / f"fcos_lib_{iters[who]}it"
+                            done[key] = run_fcos_lib(root, args, iters[who], seed, run_dir, val)
+                        else:
+                            done[key] = run_torchvision(train_set, args, iters[who], seed, val)
+                    run[who] = done[key]
+                entry[mode]["runs"].append(run)
+                entry[mode]["summary"] = summarise(entry[mode]["runs"])
+                print(run_line(name, seed, "equal iterations" if mode == "equal_iters" else "equal wall-clock", run),
+                      flush=True)
+                save(progress_path)
+
+    result["complete"] = True
+    print_summary(result)
+    save(progress_path)
+    if results_path != progress_path:
+        save(results_path)
+    print(f"wrote {results_path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""Chapter 10's ablations: what each change to FCOS buys, measured on held-out generated data.
+
+Every row is one recipe (a TrainConfig, or torchvision's FCOS as the peer), trained from scratch
+on each held-out dataset with each seed, and scored by mAP@0.5 (COCO-style AP at IoU 0.5,
+torchmetrics; `difficult` objects ignored) on the dataset's val split. Each fcos_lib run is
+also scored without centerness in the score (the "centerness in the score" row costs no
+training). Results go to bench/results/ablations.json, one entry per (row, dataset, seed,
+budget); rows already there are skipped, so an interrupted run continues where it stopped.
+
+    .venv/bin/python bench/ablations.py                        # every row, screening budget
+    .venv/bin/python bench/ablations.py --budget full --rows "course default" "torchvision FCOS"
+    .venv/bin/python bench/ablations.py --list                 # the rows and budgets
+
+Budgets: "screen" = 300 iterations of 8 images at 160 px; "full" = 828 iterations of 16 at 224
+px (the issue's budget, about 15 minutes per run on the 2-core development CPU).
+The held-out datasets ("signs", "tiles") come from fcos_lib.heldout; the course never trains on them.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fcos_lib.experiments import (  # noqa: E402
+    ABLATION_ROWS, BUDGETS, SEEDS, row_config, run_fcos_row, run_peer_row,
+)
+from fcos_lib.heldout import HELD_OUT_CLASSES, make_held_out_dataset  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "ablations.json"
+
+
+def _key(row: str, dataset: str, seed: int, budget: str) -> str:
+    return f"{row} | {dataset} | seed {seed} | {budget}"
+
+
+def markdown_table(runs: dict, budget: str, seeds: list) -> str:
+    """The README's table: per row and held-out dataset, mean mAP@0.5 over the seeds (min-max)."""
+    def scores(row, dataset, key="map50"):
+        found = [runs[_key(row, dataset, s, budget)][key] for s in seeds if _key(row, dataset, s, budget) in runs]
+        return found if len(found) == len(seeds) else None
+
+    def cell(values):
+        return "not measured" if values is None else \
+            f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    datasets = list(HELD_OUT_CLASSES)
+    lines = [f"| row ({budget}: {BUDGETS[budget]}, seeds {', '.join(map(str, seeds))}) | "
+             + " | ".join(f"{d}: mAP@0.5 mean (min-max)" for d in datasets) + " |",
+             "|---" * (len(datasets) + 1) + "|"]
+    for row, spec in ABLATION_ROWS.items():
+        if all(scores(row, d) is None for d in datasets):
+            continue
+        lines.append(f"| {row} | " + " | ".join(cell(scores(row, d)) for d in datasets) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="*", default=None, help="row names (default: every row)")
+    parser.add_argument("--datasets", nargs="*", default=list(HELD_OUT_CLASSES))
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    parser.add_argument("--budget", default="screen", choices=list(BUDGETS))
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--out", default="runs/ablations")
+    parser.add_argument("--list", action="store_true", help="print the rows and budgets and stop")
+    parser.add_argument("--markdown", action="store_true", help="print the stored results as a Markdown table and stop")
+    args = parser.parse_args()
+    if args.markdown:
+        print(markdown_table(json.loads(Path(args.results).read_text())["runs"], args.budget, args.seeds))
+        return
+    if args.list:
+        for name, row in ABLATION_ROWS.items():
+            print(f"{name:28s} {row['what']}")
+        for name, budget in BUDGETS.items():
+            print(f"budget {name}: {budget}")
+        return
+    rows = args.rows or list(ABLATION_ROWS)
+    unknown = [r for r in rows if r not in ABLATION_ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; --list shows them")
+    path = Path(args.results)
+    results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    roots = {dataset: make_held_out_dataset(dataset) for dataset in args.datasets}
+    for row in rows:  # row by row, so that every finished row has all its datasets and seeds
+        for dataset, root in roots.items():
+            for seed in args.seeds:
+                key = _key(row, dataset, seed, args.budget)
+                spec = json.dumps({"row": ABLATION_ROWS[row], "budget": BUDGETS[args.budget]}, sort_keys=True)
+                digest = hashlib.sha1(spec.encode()).hexdigest()[:12]
+                if key in results["runs"] and results["runs"][key].get("spec") == digest:
+                    print(f"have  {key}")
+                    continue
+                print(f"run   {key}", flush=True)
+                out = Path(args.out) / args.budget / dataset / f"seed{seed}" / row.replace(" ", "_")
+                tic = time.perf_counter()
+                if ABLATION_ROWS[row].get("peer"):
+                    metrics = run_peer_row(args.budget, root, seed)
+                else:
+                    metrics = run_fcos_row(row, args.budget, root, seed, out)
+                metrics.update(spec=digest, minutes=round((time.perf_counter() - tic) / 60, 2),
+                               measured=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
+                # Re-read before writing, so that entries another run stored meanwhile are kept.
+                results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+                results["runs"][key] = metrics
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+                print(f"done  {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                                  if isinstance(v, float) and k != "minutes"), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Chapter 10's held-out datasets, ablation rows and peer (fcos_lib.heldout, fcos_lib.experiments)."""
+import dataclasses
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+
+from fcos_lib.config import TrainConfig, improved_recipe
+from fcos_lib.data import VOCDataset
+from fcos_lib.experiments import (
+    ABLATION_ROWS, BUDGETS, DESIGN_CHANGES, SEED_BASELINE, build_peer, row_config,
+)
+from fcos_lib.heldout import HELD_OUT_CLASSES, make_held_out_dataset
+from fcos_lib.voc import read_class_names
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    root = tmp_path_factory.mktemp("held_out")
+    return {kind: make_held_out_dataset(kind, root / kind, num_train=12, num_val=4) for kind in HELD_OUT_CLASSES}
+
+
+def test_held_out_datasets_are_voc_layout_with_their_own_classes(held_out):
+    for kind, root in held_out.items():
+        assert (root / "ImageSets" / "Main" / "train.txt").read_text().split() == [f"train_{i:05d}" for i in range(12)]
+        names = set(read_class_names(root, "train")) | set(read_class_names(root, "val"))
+        assert names <= set(HELD_OUT_CLASSES[kind]) and len(names) >= 3
+        data = VOCDataset(root, "train", class_names=list(HELD_OUT_CLASSES[kind]), image_size=160)
+        image, target = data[0]
+        assert image.shape == (3, 160, 160)
+        boxes = target["boxes"]
+        assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+    # The two datasets share no class with each other or with the course dataset.
+    from fcos_lib.course_data import COURSE_CLASSES
+    assert not set(HELD_OUT_CLASSES["signs"]) & set(HELD_OUT_CLASSES["tiles"])
+    assert not (set(HELD_OUT_CLASSES["signs"]) | set(HELD_OUT_CLASSES["tiles"])) & set(COURSE_CLASSES)
+
+
+def test_held_out_generation_is_reproducible_and_reused(held_out, tmp_path):
+    again = make_held_out_dataset("signs", tmp_path / "signs", num_train=12, num_val=4)
+    for name in ("train_00003", "val_00001"):
+        assert (again / "Annotations" / f"{name}.xml").read_text() == \
+            (held_out["signs"] / "Annotations" / f"{name}.xml").read_text()
+    stamp = (again / ".done").stat().st_mtime_ns
+    make_held_out_dataset("signs", again, num_train=12, num_val=4)  # same stamp: reused, not rewritten
+    assert (again / ".done").stat().st_mtime_ns == stamp
+
+
+def test_held_out_marks_difficult_objects(tmp_path):
+    root = make_held_out_dataset("signs", tmp_path / "signs", num_train=40, num_val=1)
+    flags = [int(obj.findtext("difficult")) for xml in (root / "Annotations").glob("train_*.xml")
+             for obj in ET.parse(xml).getroot().iter("object")]
+    assert 0 < sum(flags) < len(flags)  # some tiny or hidden objects, most of them not
+
+
+def test_unknown_held_out_dataset_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="signs, tiles"):
+        make_held_out_dataset("faces", tmp_path)
+
+
+def test_row_configs(held_out):
+    root = held_out["signs"]
+    seed = row_config("seed baseline", "screen", root, 1, "out")
+    assert (seed.box_activation, seed.centerness_on, seed.use_groupnorm, seed.center_sampling_radius,
+            seed.box_loss, seed.hflip, seed.schedule) == ("relu", "cls", False, None, "l1", False, "step")
+    assert (seed.iters, seed.batch_size, seed.image_size, seed.seed) == (300, 8, 160, 1)
+    all_six = row_config("+ all six", "screen", root, 0, "out")
+    for changes in DESIGN_CHANGES.values():
+        assert {k: getattr(all_six, k) for k in changes} == changes
+        assert {k: getattr(row_config("+ " + next(n for n, c in DESIGN_CHANGES.items() if c == changes),
+                                      "screen", root, 0, "out"), k) for k in changes} == changes
+    # The course default is what `python -m fcos_lib train --data DIR --iters N` runs.
+    default = row_config("course default", "full", root, 0, "out")
+    expected = improved_recipe(data=str(root), classes=default.classes, iters=828, batch_size=16, image_size=224,
+                               in_memory=True, num_workers=0, device="cpu", seed=0, out="out", warmup_iters=82)
+    assert default == expected
+    assert row_config("default + ATSS", "full", root, 0, "out") == expected.replace(assigner="atss")
+    assert set(SEED_BASELINE) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(ValueError, match="torchvision"):
+        row_config("torchvision FCOS", "screen", root, 0, "out")
+
+
+def test_every_row_and_budget_is_a_valid_config(held_out):
+    for row, spec in ABLATION_ROWS.items():
+        if not spec.get("peer"):
+            for budget in BUDGETS:
+                assert isinstance(row_config(row, budget, held_out["tiles"], 0, "out"), TrainConfig)
+
+
+def test_peer_is_torchvision_fcos_on_three_levels():
+    torch.manual_seed(0)
+    peer = build_peer(num_classes=5, image_size=128)
+    assert type(peer).__module__.startswith("torchvision.models.detection")
+    assert peer.anchor_generator.sizes == ((8,), (16,), (32,))
+    peer.train()
+    losses = peer([torch.rand(3, 128, 96)], [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 90.0]]),
+                                            "labels": torch.tensor([2])}])
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    assert all(torch.isfinite(v) for v in losses.values())
