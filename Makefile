@@ -8,7 +8,8 @@
 #   make bench-torchvision   fcos_lib vs torchvision's FCOS on the two held-out datasets, 2 seeds, 828 iterations
 #                (about 2 hours on 2 cores)
 #   make ablations  chapter 10's table: every ablation row on the two held-out datasets, 2 seeds
-#                (bench/ablations.py -> bench/results/ablations.json; hours on 2 cores, resumable)
+#                (bench/ablations.py -> bench/results/ablations.json, then chapter 10 re-executed;
+#                about 3 minutes per run, 4 runs per row, on 2 cores; resumable)
 #   make figures the README's images (docs/images/): the main job's loss curve and detections,
 #                and the fcos_lib-vs-torchvision chart from bench/results/ (about 7 min on 2 cores)
 #   make colab   rewrite every Colab badge and install cell from [tool.fcos-course] in pyproject.toml
@@ -64,6 +65,7 @@ bench-torchvision: $(STAMP)
 ablations: $(STAMP)
 	$(PY) bench/ablations.py --budget smoke --rows "course default" --datasets signs --seeds 0
 	$(PY) bench/ablations.py --budget screen $(ARGS)
+	$(PY) tools/regen.py notebooks/10_improvements.py
 
 figures: $(STAMP)
 	$(PY) tools/figures.py

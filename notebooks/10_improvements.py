@@ -748,6 +748,12 @@ def _rows() -> "OrderedDict[str, dict]":
     rows["default, lr 0.01"] = {"base": "default", "changes": {"lr": 0.01}, "what": "half the learning rate"}
     rows["default, lr 0.04"] = {"base": "default", "changes": {"lr": 0.04}, "what": "twice the learning rate"}
     rows["default + ATSS"] = {"base": "default", "changes": {"assigner": "atss"}, "what": "ATSS assignment"}
+    # Toward the peer: the course's model with the peer's training recipe, then one part of it.
+    rows["default, peer's training"] = {"base": "default", "what": "lr 0.01 constant after the warm-up, weight "
+                                        "decay on norms too, no flips (the peer's optimiser and data)",
+                                        "changes": {"lr": 0.01, "schedule": "constant", "decay_norms": True,
+                                                    "hflip": False}}
+    rows["default, no flips"] = {"base": "default", "changes": {"hflip": False}, "what": "without flips"}
     rows["torchvision FCOS"] = {"peer": True, "what": "torchvision's FCOS class, the issue's exact setup"}
     return rows
 
