@@ -1,9 +1,10 @@
-"""Command line: `python -m fcos_lib train|evaluate|detect`.
+"""Command line: `python -m fcos_lib train|evaluate|detect|export`.
 
-A thin layer over the library functions of chapter 09 (fcos_lib.train, fcos_lib.evaluate) and
-chapter 08 (fcos_lib.inference): it parses arguments, calls them, and turns every known bad
-input into one line on stderr and exit status 2, never a traceback. `detect` exits with 1 when
-some images could not be read (each is skipped, reported, and listed in detections.json).
+A thin layer over the library functions of chapter 09 (fcos_lib.train, fcos_lib.evaluate),
+chapter 08 (fcos_lib.inference) and fcos_lib.deploy (`export` to ONNX, `detect --onnx`): it
+parses arguments, calls them, and turns every known bad input into one line on stderr and exit
+status 2, never a traceback. `detect` exits with 1 when some images could not be read (each is
+skipped, reported, and listed in detections.json).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def _parse_classes(text: str | None) -> tuple[str, ...] | None:
 def build_parser() -> argparse.ArgumentParser:
     from fcos_lib import __version__
 
-    parser = argparse.ArgumentParser(prog="python -m fcos_lib", description="Train, evaluate and run FCOS on VOC-layout data.")
+    parser = argparse.ArgumentParser(prog="python -m fcos_lib",
+                                     description="Train, evaluate, run and export FCOS on VOC-layout data.")
     parser.add_argument("--version", action="version", version=f"fcos_lib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -85,13 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Detect objects in images; write <stem>_detections.png per image and "
                                    "detections.json. Exit status 0: all images done; 1: some could not be read "
                                    "(listed under \"failed\" in detections.json); 2: nothing could be done.")
-    d.add_argument("--checkpoint", required=True, help="a last.pt written by train (required, no default)")
+    model = d.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a last.pt written by train (default: none; give this or --onnx)")
+    model.add_argument("--onnx", metavar="MODEL.onnx",
+                       help="an ONNX file written by export, run on the CPU with onnxruntime "
+                            "(default: none; give this or --checkpoint)")
     d.add_argument("images", nargs="+",
                    help="image files (JPEG, PNG, ...) and folders; a folder means every image file under it, "
                         "recursively, in sorted order (hidden files and the --out folder skipped)")
     d.add_argument("--out", default="detections", help="folder for annotated images and detections.json (default: detections)")
     d.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring above this (default: 0.3)")
-    d.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    d.add_argument("--device", default="auto", help="auto, cpu or cuda; --onnx runs on the CPU (default: auto)")
+    d.add_argument("--classes", help="comma-separated class names the model must detect, checked before any "
+                                     "work (default: not checked)")
+
+    x = sub.add_parser("export", help="export a checkpoint's network to ONNX",
+                       description="Write the network of a checkpoint (no post-processing) to an ONNX file whose "
+                                   "metadata holds the class names, input size and box decoding; "
+                                   "`detect --onnx` runs it. Needs pip install 'fcos-lib[export]'.")
+    x.add_argument("--checkpoint", required=True, help="a last.pt written by train (required, no default)")
+    x.add_argument("--format", choices=["onnx"], default="onnx", help="the file format (default: onnx)")
+    x.add_argument("--out", default="model.onnx", help="the file to write (default: model.onnx)")
     return parser
 
 
@@ -232,18 +248,23 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _detect(args) -> int:
-    from fcos_lib.checkpoint import model_from_checkpoint
-    from fcos_lib.config import resolve_device
-    from fcos_lib.inference import detect_files, image_files
+def _check_classes(found, given: tuple[str, ...] | None, source: str) -> None:
+    """ValueError when --classes was given and the model's class names differ."""
+    if given is not None and tuple(found) != given:
+        raise ValueError(f"{source} detects the classes {','.join(found)}, not --classes {','.join(given)}; "
+                         "pass the model trained on those classes, or leave out --classes")
 
-    # Bad paths, device or checkpoint stop here (exit 2), before any image is read.
+
+def _detect(args) -> int:
+    from fcos_lib.inference import image_files
+
+    # Bad paths, device, checkpoint or ONNX file stop here (exit 2), before any image is read.
+    classes = _parse_classes(args.classes)
     files = image_files(args.images, exclude=args.out)
-    device = resolve_device(args.device)
-    model, state = model_from_checkpoint(args.checkpoint, device)
-    results = detect_files(model, files, args.out, class_names=state["class_names"],
-                           image_size=state["config"]["image_size"], score_thresh=args.score_thresh,
-                           device=device, progress=True)
+    if args.onnx is not None:
+        results = _detect_onnx(args, classes, files)
+    else:
+        results = _detect_checkpoint(args, classes, files)
     json_path = Path(args.out) / "detections.json"
     for item in results["images"]:
         print(f"{item['image']}: {len(item['detections'])} detections -> {Path(args.out) / item['output']}")
@@ -253,6 +274,38 @@ def _detect(args) -> int:
     if results["failed"]:
         print(f"{len(results['failed'])} of {len(files)} images failed; see {json_path}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _detect_checkpoint(args, classes, files) -> dict:
+    from fcos_lib.checkpoint import model_from_checkpoint
+    from fcos_lib.config import resolve_device
+    from fcos_lib.inference import detect_files
+
+    device = resolve_device(args.device)
+    model, state = model_from_checkpoint(args.checkpoint, device)
+    _check_classes(state["class_names"], classes, args.checkpoint)
+    return detect_files(model, files, args.out, class_names=state["class_names"],
+                        image_size=state["config"]["image_size"], score_thresh=args.score_thresh,
+                        device=device, progress=True)
+
+
+def _detect_onnx(args, classes, files) -> dict:
+    from fcos_lib.deploy import OnnxDetector, detect_files_onnx
+
+    if args.device not in ("auto", "cpu"):
+        raise ValueError(f"--device {args.device} cannot run --onnx, which runs on the CPU with onnxruntime; "
+                         "leave out --device, or use --checkpoint")
+    detector = OnnxDetector(args.onnx)
+    _check_classes(detector.class_names, classes, args.onnx)
+    return detect_files_onnx(detector, files, args.out, score_thresh=args.score_thresh, progress=True)
+
+
+def _export(args) -> int:
+    from fcos_lib.deploy import export_onnx
+
+    path = export_onnx(args.checkpoint, args.out)
+    print(f"wrote {path} (run it with: python -m fcos_lib detect --onnx {path} IMAGE...)")
     return 0
 
 
@@ -281,7 +334,7 @@ def _run(args) -> int:
     from fcos_lib.voc import DatasetError
 
     try:
-        return {"train": _train, "evaluate": _evaluate, "detect": _detect}[args.command](args)
+        return {"train": _train, "evaluate": _evaluate, "detect": _detect, "export": _export}[args.command](args)
     except (DatasetError, CheckpointError, ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, ...
         print(f"error: {err}", file=sys.stderr)
         return 2
