@@ -4,13 +4,16 @@
 Chapter 01 of the course (notebooks/01_backbone_fpn.py). Each raises a one-line ValueError that
 names the argument, shows what it got, and says what is allowed. The tensor checks live next to
 the code that knows their shapes: check_images (chapter 01), check_gt_boxes and
-check_class_labels (chapter 04).
+check_class_labels (chapter 04). `exercise` wraps a chapter's check cell, so that a failure
+names the exercise (exercises/, tools/grade.py).
 """
 
-__all__ = ['check_int', 'check_flag', 'check_positive_number']
+__all__ = ['check_int', 'check_flag', 'check_positive_number', 'exercise']
 
+import contextlib
 import math
 import numbers
+import re
 
 
 def check_int(value, name: str, minimum: int = 1) -> int:
@@ -40,3 +43,28 @@ def check_positive_number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0; got {value!r} ({type(value).__name__}).")
     return float(value)
+
+
+@contextlib.contextmanager
+def exercise(*names: str):
+    """Run a check cell's code for the exercise(s) `names`; a failure becomes one line naming it.
+
+    - the NotImplementedError of a stub ("<name>: write this function ...") becomes
+      AssertionError("exercise <name>: not written yet");
+    - a failed assert becomes AssertionError("exercise <names>: <the assert's message>");
+    - any other error becomes AssertionError("exercise <names>: <ErrorType>: <message>"), chained
+      to the original, whose traceback shows the line that raised it.
+    """
+    label = "exercise " + " or ".join(names)
+    try:
+        yield
+    except NotImplementedError as err:
+        stub = re.match(r"(\S+): write this function", str(err))
+        if stub is None:
+            raise AssertionError(f"{label}: NotImplementedError: {err}") from err
+        raise AssertionError(f"exercise {stub.group(1)}: not written yet (replace its `raise NotImplementedError`)") from None
+    except AssertionError as err:
+        message = str(err).strip().split("\n")[0]  # the assert's own message, one line
+        raise AssertionError(f"{label}: {message or 'a check failed (see the assert above)'}") from err
+    except Exception as err:
+        raise AssertionError(f"{label}: {type(err).__name__}: {err}") from err

@@ -4,12 +4,14 @@ A thin layer over the library functions of chapter 09 (fcos_lib.train, fcos_lib.
 chapter 08 (fcos_lib.inference) and fcos_lib.deploy (`export` to ONNX, `detect --onnx`): it
 parses arguments, calls them, and turns every known bad input into one line on stderr and exit
 status 2, never a traceback. `detect` exits with 1 when some images could not be read (each is
-skipped, reported, and listed in detections.json).
+skipped, reported, and listed in detections.json). `torchrun --nproc_per_node=N -m fcos_lib
+train ...` trains on N processes (fcos_lib.distributed); process 0 prints the report.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-minutes", type=float, help="most minutes between checkpoints (default: 2)")
     t.add_argument("--skip-bad-boxes", action="store_true", default=None,
                    help="leave out, and list, the images whose annotation has a broken box (default: refuse the data)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on CUDA GPUs: BatchNorm statistics over the global batch, not each GPU's "
+                        "slice (SyncBatchNorm; matters from scratch, not with --pretrained) (default: off)")
 
     e = sub.add_parser("evaluate", help="mAP of a checkpoint on a split (COCO-style and PASCAL VOC)",
                        description="Evaluate a checkpoint on one split and write metrics_<SPLIT>.json (the run's "
@@ -167,23 +172,45 @@ def config_from_args(args) -> TrainConfig:
 
 
 def _train(args) -> int:
-    from fcos_lib.report import write_run_report
-    from fcos_lib.train import preflight, train
+    from fcos_lib.config import resolve_device
+    from fcos_lib.distributed import (check_global_batch, check_sync_bn, join_process_group, leave_process_group,
+                                      process_device, world_from_env)
 
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the run, or replace it")
     cfg = config_from_args(args)
+    world = world_from_env()  # started by torchrun, or one process
+    device = process_device(resolve_device(cfg.device), world)
+    check_global_batch(cfg.batch_size, world.size)  # before waiting for the other processes
+    if args.sync_bn:
+        check_sync_bn(device)
+    join_process_group(world, device)
+    try:
+        return _train_in_world(args, cfg, world)
+    finally:
+        leave_process_group()
+
+
+def _train_in_world(args, cfg: TrainConfig, world) -> int:
+    from fcos_lib.distributed import run_on_main
+    from fcos_lib.report import write_run_report
+    from fcos_lib.train import preflight, train
+
     # Check everything that can be checked before spending minutes or hours on training: the run
-    # folder, the device, both splits, every annotation and every image in them.
-    progress = sys.stderr.isatty()  # progress bars in a terminal, not in logs and pipes
-    for line in preflight(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress):
-        print(line)
+    # folder, the device, both splits, every annotation and every image in them (process 0 alone).
+    progress = sys.stderr.isatty() and world.is_main  # progress bars in a terminal, not in logs and pipes
+    lines = run_on_main(world, preflight, cfg, resume=args.resume, overwrite=args.overwrite, progress=progress)
     verb = "resuming" if args.resume else "training"
-    print(f"{verb} on {cfg.data or 'the course dataset'} for {cfg.iters} iterations -> {cfg.out}/last.pt")
-    state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    if world.is_main:
+        for line in lines:
+            print(line)
+        processes = f" on {world.size} processes" if world.size > 1 else ""
+        print(f"{verb} on {cfg.data or 'the course dataset'} for {cfg.iters} iterations{processes} -> {cfg.out}/last.pt")
+    state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress, sync_bn=args.sync_bn)
     metrics = write_run_report(cfg, state, progress=progress)
-    _print_metrics(metrics)
-    print(f"wrote {cfg.out}/metrics.json, loss_curve.png, detections.png")
+    if metrics is not None:  # process 0
+        _print_metrics(metrics)
+        print(f"wrote {cfg.out}/metrics.json, loss_curve.png, detections.png")
     return 0
 
 
@@ -331,20 +358,29 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     from fcos_lib.checkpoint import CheckpointError
+    from fcos_lib.distributed import StoppedOnMain
     from fcos_lib.voc import DatasetError
 
+    # Under torchrun every process runs this; an error that all of them meet is said once, by process 0.
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
     try:
         return {"train": _train, "evaluate": _evaluate, "detect": _detect, "export": _export}[args.command](args)
+    except StoppedOnMain:  # process 0 failed a check it makes for all, and reported it
+        return 2
     except (DatasetError, CheckpointError, ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, ...
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}" if rank == "0" else f"error (process {rank}): {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (see _terminate)
         signum = getattr(err, "signum", signal.SIGINT)
-        if getattr(err, "iteration", None) is not None:  # fcos_lib.train.TrainingInterrupted: saved
-            print(f"{err}", file=sys.stderr)
-        elif args.command == "train":
-            print(f"interrupted by {signal.Signals(signum).name}; {args.out}/last.pt holds the last checkpoint "
-                  "saved, if any (continue with --resume)", file=sys.stderr)
-        else:
-            print(f"interrupted by {signal.Signals(signum).name}; {args.command} stopped", file=sys.stderr)
+        if rank == "0":
+            print(_interrupted(err, signum, args), file=sys.stderr)
         return 128 + signum
+
+
+def _interrupted(err: KeyboardInterrupt, signum: int, args) -> str:
+    if getattr(err, "iteration", None) is not None:  # fcos_lib.train.TrainingInterrupted: saved
+        return str(err)
+    if args.command == "train":
+        return (f"interrupted by {signal.Signals(signum).name}; {args.out}/last.pt holds the last checkpoint "
+                "saved, if any (continue with --resume)")
+    return f"interrupted by {signal.Signals(signum).name}; {args.command} stopped"

@@ -374,7 +374,10 @@ def _check_rows(arg: str, key: str, bad: Tensor, image: Tensor, rule: str, value
 
 
 def _map_metric(**kwargs) -> MeanAveragePrecision:
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval", **kwargs)
+    # sync_on_compute=False: score the detections given, never gather other processes' (in a
+    # data-parallel run fcos_lib.distributed gathers them first, and only process 0 scores).
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval",
+                                sync_on_compute=False, **kwargs)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ GIoU loss indexes with a boolean mask inside, which makes a GPU wait on every st
 Dimension letters: B images, L locations (levels concatenated p3, p4, p5), C classes, K boxes.
 """
 
-__all__ = ['BOX_LOSSES', 'sigmoid_focal_loss', 'one_hot_targets', 'giou_loss', 'fcos_loss']
+__all__ = ['BOX_LOSSES', 'sigmoid_focal_loss', 'one_hot_targets', 'giou_loss', 'fcos_loss', 'global_foreground_count']
 
 import math
 import numbers
@@ -115,7 +115,7 @@ def giou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> 
 
 def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: torch.Tensor, targets,
               locations: torch.Tensor, strides: torch.Tensor, box_loss: str = "giou",
-              check_inputs: bool = True) -> dict:
+              check_inputs: bool = True, sync_foreground: bool = False) -> dict:
     """The three FCOS losses of one batch, each divided by the batch's foreground count.
 
     Args:
@@ -130,6 +130,8 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
             four sides, as the seed's 0.25 * sum).
         check_inputs: False skips the class-label check (a host sync) for targets built from
             ground truth that was checked already (FCOS.forward checks it once per batch).
+        sync_foreground: data-parallel training (chapter 09): this batch is one process's slice of
+            a global batch; divide by the global batch's count instead (global_foreground_count).
     Returns:
         dict(loss_cls, loss_box, loss_ctr) of scalar tensors: sums over the batch divided by
         max(1, number of foreground locations in the batch).
@@ -156,7 +158,10 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
             raise ValueError(f"{name} must be {shape} to match cls_logits (B, L, C) = {(B, L, C)}; got {got}")
     labels = targets.matched_boxes[..., 4]  # (B, L), -1 = background
     foreground = labels >= 0  # (B, L)
-    num_foreground = foreground.sum().clamp(min=1).to(torch.float32)  # a tensor: no GPU sync
+    if sync_foreground:
+        num_foreground = global_foreground_count(foreground)
+    else:
+        num_foreground = foreground.sum().clamp(min=1).to(torch.float32)  # a tensor: no GPU sync
 
     # Classes: every location, C yes/no questions each; background = all zeros.
     cls_targets = one_hot_targets(labels, C, check_inputs)  # (B, L, C)
@@ -186,3 +191,24 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
                 * weight).sum()
     return {"loss_cls": loss_cls / num_foreground, "loss_box": loss_box / num_foreground,
             "loss_ctr": loss_ctr / num_foreground}
+
+
+def global_foreground_count(foreground: torch.Tensor) -> torch.Tensor:
+    """max(1, foreground locations of the GLOBAL batch) / W, for W data-parallel processes.
+
+    Args:
+        foreground: (B, L) bool, this process's slice of the global batch.
+    Returns:
+        () float32, the same on every process.
+
+    Why not this slice's own count (the classic pitfall): DistributedDataParallel averages the W
+    processes' gradients, so with per-slice counts n_r the step follows (1/W) sum_r S_r / n_r, where
+    S_r is slice r's summed loss. That weights an object by its slice's count, and differs from the
+    one-process loss of the same batch, S / max(1, n) with S = sum_r S_r and n = sum_r n_r. Dividing
+    every slice by max(1, n) / W instead gives (1/W) sum_r W S_r / max(1, n) = S / max(1, n): the
+    one-process loss, whatever W. (detectron2's and AdelaiDet's FCOS do the same: they all-reduce
+    the count and divide it by the number of GPUs.)
+    """
+    count = foreground.sum().to(torch.float32)  # () this slice's n_r, exact in float32 below 2**24
+    torch.distributed.all_reduce(count)  # () n = sum over the processes, the same everywhere
+    return count.clamp(min=1) / torch.distributed.get_world_size()

@@ -125,12 +125,15 @@ class FCOS(nn.Module):
                              centerness_on=centerness_on)
         self.strides = dict(self.backbone.strides)  # {"p3": 8, "p4": 16, "p5": 32}
 
-    def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None, check_inputs: bool = True):
+    def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None, check_inputs: bool = True,
+                sync_foreground: bool = False):
         """Eval mode: FCOSPredictions. Training mode: dict(loss_cls, loss_box, loss_ctr).
 
         gt_boxes (B, N, 5) are checked once here (check_gt_boxes, one host sync), not again in the
         matching or the losses. check_inputs=False skips that check too, for batches checked where
         they were read (fcos_lib.train: VOCDataset and the pre-flight check every box).
+        sync_foreground=True (data-parallel training, chapter 09) normalises the losses by the
+        foreground count of the global batch (losses.global_foreground_count).
         """
         check_images(images)  # chapter 01; the backbone calls it too (shape and dtype only: free)
         if self.training:
@@ -168,4 +171,4 @@ class FCOS(nn.Module):
             targets = fcos_build_targets(locations_per_level, self.strides, gt_boxes.float(),
                                          center_sampling_radius=self.center_sampling_radius, check_inputs=False)
         return fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, self.box_loss,
-                         check_inputs=False)
+                         check_inputs=False, sync_foreground=sync_foreground)

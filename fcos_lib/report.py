@@ -19,6 +19,7 @@ from fcos_lib import __version__
 from fcos_lib.checkpoint import model_from_checkpoint
 from fcos_lib.config import TrainConfig, resolve_device
 from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.distributed import current_world, evaluate_sharded, process_device
 from fcos_lib.drawing import draw_boxes
 from fcos_lib.inference import detect
 from fcos_lib.train import resolve_data
@@ -72,12 +73,13 @@ def scalar_metrics(metrics: dict, **extra) -> dict:
     return {**{k: metrics[k] for k in keep}, **extra}
 
 
-def write_run_report(cfg: TrainConfig, state: dict, progress: bool = False) -> dict:
+def write_run_report(cfg: TrainConfig, state: dict, progress: bool = False) -> dict | None:
     """Evaluate the run's model on `cfg.val_split`; write metrics.json, loss_curve.png, detections.png.
 
     metrics.json holds the four mAP figures (null when the split has no ground truth), the
     per-class APs, and what produced them: data folder, split, image size, iterations, training
-    speed, fcos_lib version and the date.
+    speed, fcos_lib version and the date. In a run of several processes (torchrun) each evaluates
+    its share of the images, and process 0 scores them all and writes the files; the others return None.
     """
     import matplotlib
 
@@ -86,11 +88,17 @@ def write_run_report(cfg: TrainConfig, state: dict, progress: bool = False) -> d
     from fcos_lib.evaluate import evaluate
 
     out = Path(cfg.out)
-    device = resolve_device(cfg.device)
+    world = current_world()
+    device = process_device(resolve_device(cfg.device), world)
     model, _ = model_from_checkpoint(out / "last.pt", device)
     root, class_names = resolve_data(cfg)
     val_set = VOCDataset(root, cfg.val_split, class_names=class_names, image_size=cfg.image_size)
-    metrics = evaluate(model, val_set, device=device, progress=progress)
+    if world.size == 1:
+        metrics = evaluate(model, val_set, device=device, progress=progress)
+    else:
+        metrics = evaluate_sharded(model, val_set, world, device=device, progress=progress and world.is_main)
+        if not world.is_main:
+            return None
     seconds = max(state["train_seconds"], 1e-9)
     report = scalar_metrics(
         metrics, data=str(Path(root).resolve()), split=cfg.val_split, image_size=cfg.image_size, iters=state["iteration"],

@@ -31,6 +31,8 @@ from fcos_lib.checkpoint import CheckpointError, build_model, load_checkpoint, r
 from fcos_lib.config import TrainConfig, config_differences, resolve_device
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.distributed import (World, barrier, check_global_batch, current_world, data_parallel, mean_losses_and_stop,
+                                  process_device, run_on_main, with_sync_batchnorm)
 from fcos_lib.model import check_finite_losses
 from fcos_lib.voc import DatasetError, grouped_error, read_class_names
 
@@ -40,13 +42,19 @@ class IterationBatchSampler(Sampler):
 
     The stream of indices is epoch 0's permutation, then epoch 1's, ...; each permutation is drawn
     from a generator seeded with `seed + epoch`, so any batch can be rebuilt after a restart.
+    With `world_size` W > 1 (data-parallel training) `batch_size` is the global batch, and process
+    `rank` gets its contiguous slice of it, batch_size / W images: the global batches are the same
+    whatever W.
     """
 
-    def __init__(self, num_images: int, batch_size: int, num_iters: int, start_iter: int = 0, seed: int = 0):
+    def __init__(self, num_images: int, batch_size: int, num_iters: int, start_iter: int = 0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         if num_images < 1:
             raise DatasetError("the training split has no images")
+        check_global_batch(batch_size, world_size)
         self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
         self.start_iter, self.num_iters = start_iter, num_iters
+        self.rank, self.world_size = rank, world_size
         self._perms: dict[int, torch.Tensor] = {}
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -60,15 +68,17 @@ class IterationBatchSampler(Sampler):
         return [int(self._permutation(p // self.num_images)[p % self.num_images]) for p in positions]
 
     def __iter__(self):
+        part = self.batch_size // self.world_size  # images per process
         for i in range(self.start_iter, self.num_iters):
-            yield self.batch(i)
+            yield self.batch(i)[self.rank * part:(self.rank + 1) * part]
 
     def __len__(self) -> int:
         return max(0, self.num_iters - self.start_iter)
 
 
 def random_horizontal_flip(
-    images: torch.Tensor, gt_boxes: torch.Tensor, generator: torch.Generator, p: float = 0.5
+    images: torch.Tensor, gt_boxes: torch.Tensor, generator: torch.Generator, p: float = 0.5,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip each image of the batch left-right with probability p, boxes with it.
 
@@ -76,12 +86,17 @@ def random_horizontal_flip(
         images: (B, 3, H, W).
         gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padding rows -1.
         generator: a CPU torch.Generator (its state is part of the checkpoint).
+        shard: (rank, W) in data-parallel training, where this batch is slice `rank` of a global
+            batch of B * W images: the draws are made for the global batch (the same on every
+            process) and this process keeps its B, so the flips do not depend on W.
     Returns:
         New (images, gt_boxes); the inputs are not modified.
     """
     B, N, _ = gt_boxes.shape
     H, W = images.shape[-2:]
-    flip = (torch.rand(B, generator=generator) < p).to(images.device)  # (B,)
+    rank, world_size = shard
+    draws = torch.rand(B * world_size, generator=generator)  # (B * world_size,) one per image of the global batch
+    flip = (draws < p)[rank * B:(rank + 1) * B].to(images.device)  # (B,)
     # torchvision's flip for the pixels and the boxes, the one VOCDataset(augment=True) uses too.
     images = torch.where(flip[:, None, None, None], F.horizontal_flip(images), images)
     mirrored = F.horizontal_flip_bounding_boxes(
@@ -97,7 +112,8 @@ def random_rescale(images: torch.Tensor, gt_boxes: torch.Tensor, scale_range: tu
 
     Each side becomes round(side * s / multiple) * multiple (at least `multiple`), so the FPN's
     strides still divide it; boxes are scaled with the pixels, padding rows stay -1. One factor
-    per batch keeps the batch one tensor, on any device.
+    per batch keeps the batch one tensor, on any device (and, in data-parallel training, the same
+    on every process: their generators advance alike).
 
     Args:
         images: (B, 3, H, W) float.
@@ -378,6 +394,7 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     overwrite: bool = False,
+    sync_bn: bool = False,
 ) -> dict:
     """Train FCOS as `cfg` says; return the final checkpoint state (also saved to `cfg.out`/last.pt).
 
@@ -389,21 +406,38 @@ def train(
         stop_after: stop (and checkpoint) after this many iterations of *this call*, as if
             interrupted; used to test that resuming continues exactly.
         overwrite: replace the run already in `cfg.out` (without it, a new run there is refused).
+        sync_bn: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only), in
+            data-parallel training.
 
     Checkpoints are written every `cfg.checkpoint_every` iterations, at least every
     `cfg.checkpoint_minutes`, at the end, and when the run stops early: Ctrl-C or SIGTERM (after
     the current iteration, then TrainingInterrupted), or an error (the last finished iteration is
     saved, then the error is raised). A run that stops before its first iteration writes nothing.
+
+    Started by torchrun (fcos_lib.distributed.join_process_group), every process calls train: it
+    trains on its slice of each global batch of cfg.batch_size, and process 0 alone checks and
+    locks the run folder and writes the checkpoints. Every process returns the final state.
     """
-    device = resolve_device(cfg.device)
+    world = current_world()
+    device = process_device(resolve_device(cfg.device), world)
+    check_global_batch(cfg.batch_size, world.size)
     out = Path(cfg.out)
-    check_run_folder(out, resume, overwrite)
-    with run_folder_lock(out):
-        return _train_locked(cfg, device, out, resume, progress, stop_after)
+    with contextlib.ExitStack() as held:
+        def claim_run_folder():
+            check_run_folder(out, resume, overwrite)
+            held.enter_context(run_folder_lock(out))
+            if world.size > 1:
+                resolve_data(cfg)  # the course dataset is generated once, here, not by every process
+
+        run_on_main(world, claim_run_folder)  # the other processes wait, and stop if it fails
+        state = _train_locked(cfg, device, out, resume, progress, stop_after, world, sync_bn)
+    barrier(world)  # process 0 has written last.pt when any process returns
+    return state
 
 
 def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: bool, progress: bool,
-                  stop_after: int | None) -> dict:
+                  stop_after: int | None, world: World, sync_bn: bool) -> dict:
+    progress = progress and world.is_main  # one progress bar per run
     root, class_names = resolve_data(cfg)
     dataset = VOCDataset(root, cfg.train_split, class_names=class_names, image_size=cfg.image_size,
                          in_memory=cfg.in_memory, skip_bad_boxes=cfg.skip_bad_boxes, progress=progress)
@@ -411,6 +445,8 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(class_names)).to(device)
+    if sync_bn:
+        model = with_sync_batchnorm(model, device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     scaler = make_grad_scaler(device, cfg.amp)
@@ -440,12 +476,18 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
             "config": dataclasses.asdict(cfg), "class_names": class_names, "data_fingerprint": fingerprint,
             "rng": {"flip": flip_state, "torch": torch.get_rng_state()},
         }
-        save_checkpoint(out / "last.pt", full)
+        if world.is_main:  # every process holds the same state; one writes it
+            save_checkpoint(out / "last.pt", full)
         return full
 
     start = state["iteration"]
     end = cfg.iters if stop_after is None else min(cfg.iters, start + stop_after)
-    sampler = IterationBatchSampler(len(dataset), cfg.batch_size, end, start_iter=start, seed=cfg.seed)
+    sampler = IterationBatchSampler(len(dataset), cfg.batch_size, end, start_iter=start, seed=cfg.seed,
+                                    rank=world.rank, world_size=world.size)
+    # Several processes: DDP averages the gradients, the losses are normalised by the global batch's
+    # foreground count (chapter 07's global_foreground_count), and the flips are drawn for the global batch.
+    net = data_parallel(model, device, world)
+    loss_options = {"sync_foreground": True} if world.size > 1 else {}
     model.train()
     bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not progress)
     tic = last_save = time.perf_counter()
@@ -469,15 +511,19 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
         try:
             for images, gt_boxes, _ in _make_loader(dataset, sampler, cfg, device):
                 if cfg.hflip:
-                    images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator)
+                    images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator,
+                                                              shard=(world.rank, world.size))
                 images = images.to(device, non_blocking=True)
                 gt_boxes = gt_boxes.to(device, non_blocking=True)
                 if cfg.scale_jitter is not None:
                     images, gt_boxes = random_rescale(images, gt_boxes, cfg.scale_jitter, flip_generator)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     # check_inputs=False: every box was checked where it was read (VOCDataset, preflight).
-                    losses = model(images, gt_boxes, check_inputs=False)
-                check_finite_losses(losses)  # the step's one host sync: a NaN never reaches the weights
+                    losses = net(images, gt_boxes, check_inputs=False, **loss_options)
+                logged, stop_now = losses, None
+                if world.size > 1:  # the global batch's losses, and whether any process was signalled
+                    logged, stop_now = mean_losses_and_stop(losses, stop["signum"] is not None)
+                check_finite_losses(logged)  # the step's one host sync: a NaN never reaches the weights
                 loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -491,14 +537,17 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                     ema_update(ema, model, ema_decay_at(state["iteration"], cfg.ema_decay))
 
                 state["iteration"] += 1
-                state["train_images"] += images.shape[0]
+                state["train_images"] += images.shape[0] * world.size
                 flip_state = flip_generator.get_state()
-                pending.append((state["iteration"], torch.stack([losses[k].detach().float() for k in LOSS_NAMES]),
+                pending.append((state["iteration"], torch.stack([logged[k].detach().float() for k in LOSS_NAMES]),
                                 optimizer.param_groups[0]["lr"]))
                 if len(pending) == LOG_EVERY:
                     flush_history()
                 bar.update(1)
-                if stop["signum"] is not None:
+                if stop_now is None:  # one process: its own signal
+                    stop_now = stop["signum"] is not None
+                if stop_now:  # several: all stop after the iteration whose all_reduce saw a signal
+                    stop["signum"] = stop["signum"] or signal.SIGTERM  # for a process not signalled itself
                     break
                 if (state["iteration"] % cfg.checkpoint_every == 0
                         or time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes):

@@ -99,6 +99,11 @@ print("max-pool layers:", sum(isinstance(m, nn.MaxPool2d) for m in regnet.module
 # deep inside torch or not at all. Tensors get their own checks, next to the code that knows
 # their shape (`check_images` below, `check_gt_boxes` in chapter 04); the plain numbers and
 # flags share these three, exported to `fcos_lib.checks`.
+#
+# The same module holds `exercise`, for the check cells. Chapters 01 and 03–08 have an exercise
+# version in `exercises/` where the code you write is a stub (`# YOUR CODE HERE`); the check cell
+# after it runs under `with exercise("name"):`, so that a failure ends in one line that names the
+# exercise and says what differs, and a stub you have not filled in yet says "not written yet".
 
 # %%
 #| export checks
@@ -107,10 +112,13 @@ print("max-pool layers:", sum(isinstance(m, nn.MaxPool2d) for m in regnet.module
 Chapter 01 of the course (notebooks/01_backbone_fpn.py). Each raises a one-line ValueError that
 names the argument, shows what it got, and says what is allowed. The tensor checks live next to
 the code that knows their shapes: check_images (chapter 01), check_gt_boxes and
-check_class_labels (chapter 04).
+check_class_labels (chapter 04). `exercise` wraps a chapter's check cell, so that a failure
+names the exercise (exercises/, tools/grade.py).
 """
+import contextlib
 import math
 import numbers
+import re
 
 
 def check_int(value, name: str, minimum: int = 1) -> int:
@@ -140,6 +148,31 @@ def check_positive_number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0; got {value!r} ({type(value).__name__}).")
     return float(value)
+
+
+@contextlib.contextmanager
+def exercise(*names: str):
+    """Run a check cell's code for the exercise(s) `names`; a failure becomes one line naming it.
+
+    - the NotImplementedError of a stub ("<name>: write this function ...") becomes
+      AssertionError("exercise <name>: not written yet");
+    - a failed assert becomes AssertionError("exercise <names>: <the assert's message>");
+    - any other error becomes AssertionError("exercise <names>: <ErrorType>: <message>"), chained
+      to the original, whose traceback shows the line that raised it.
+    """
+    label = "exercise " + " or ".join(names)
+    try:
+        yield
+    except NotImplementedError as err:
+        stub = re.match(r"(\S+): write this function", str(err))
+        if stub is None:
+            raise AssertionError(f"{label}: NotImplementedError: {err}") from err
+        raise AssertionError(f"exercise {stub.group(1)}: not written yet (replace its `raise NotImplementedError`)") from None
+    except AssertionError as err:
+        message = str(err).strip().split("\n")[0]  # the assert's own message, one line
+        raise AssertionError(f"{label}: {message or 'a check failed (see the assert above)'}") from err
+    except Exception as err:
+        raise AssertionError(f"{label}: {type(err).__name__}: {err}") from err
 
 # %% [markdown]
 # Check: three calls a user could plausibly make, and what each gets back.
@@ -379,6 +412,8 @@ class FPN(nn.Module):
             if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
                 shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                 raise ValueError(f"feats[{level!r}] must be (B, {channels}, h, w) (in_channels_per_level); got {shape}")
+        ### BEGIN SOLUTION
+        ### HINT: coarsest first: m = lateral(c) + the m above, upsampled (nearest) to this size; p = output(m)
         results = {}
         merged = None  # the lateral sum m of the level above: what flows down the path
         for c_level, p_level in zip(reversed(self.in_levels), reversed(self.out_levels)):
@@ -389,24 +424,31 @@ class FPN(nn.Module):
             merged = lateral
             results[p_level] = self.output[p_level](merged)  # (B, F, H_l, W_l)
         return {p: results[p] for p in self.out_levels}  # finest first: p3, p4, p5
+        ### END SOLUTION
 
 # %% [markdown]
 # Check: copy our weights into torchvision's `FeaturePyramidNetwork` and feed both the same
 # features. Same weights, same inputs must give the same outputs.
 
 # %%
-fpn = FPN(channels, out_channels=64)
-reference = torchvision.ops.FeaturePyramidNetwork(list(channels.values()), out_channels=64)
-with torch.no_grad():
-    for i, p in enumerate(fpn.out_levels):
-        reference.inner_blocks[i][0].weight.copy_(fpn.lateral[p].weight)
-        reference.inner_blocks[i][0].bias.copy_(fpn.lateral[p].bias)
-        reference.layer_blocks[i][0].weight.copy_(fpn.output[p].weight)
-        reference.layer_blocks[i][0].bias.copy_(fpn.output[p].bias)
-    ours = fpn(feats)
-    theirs = reference(feats)
-for (p, a), b in zip(ours.items(), theirs.values()):
-    print(p, tuple(a.shape), "same as torchvision:", torch.allclose(a, b, atol=1e-5))
+with exercise("FPN.forward"):
+    fpn = FPN(channels, out_channels=64)
+    reference = torchvision.ops.FeaturePyramidNetwork(list(channels.values()), out_channels=64)
+    with torch.no_grad():
+        for i, p in enumerate(fpn.out_levels):
+            reference.inner_blocks[i][0].weight.copy_(fpn.lateral[p].weight)
+            reference.inner_blocks[i][0].bias.copy_(fpn.lateral[p].bias)
+            reference.layer_blocks[i][0].weight.copy_(fpn.output[p].weight)
+            reference.layer_blocks[i][0].bias.copy_(fpn.output[p].bias)
+        ours = fpn(feats)
+        theirs = reference(feats)
+    assert list(ours) == fpn.out_levels, f"FPN returns the levels {list(ours)}, expected {fpn.out_levels}"
+    for (p, a), b in zip(ours.items(), theirs.values()):
+        same = a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+        print(p, tuple(a.shape), "same as torchvision:", same)
+        differs = (f"is {tuple(a.shape)}, torchvision's {tuple(b.shape)}" if a.shape != b.shape
+                   else f"differs from torchvision's by up to {(a - b).abs().max():.3g}")
+        assert same, f"with the same weights, {p} {differs} (upsample the lateral sum m and send it down, not p)"
 
 # %% [markdown]
 # ## Backbone + FPN in one module
@@ -679,6 +721,29 @@ print("parameters:", sum(prm.numel() for prm in model.parameters()))
 print("all finite:", all(torch.isfinite(x).all().item() for x in pyramid.values()))
 print("parameters without gradient:", no_grad)
 assert list(pyramid) == ["p3", "p4", "p5"] and not no_grad
+
+# %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **Nearest or bilinear?** In a copy of `FPN`, upsample with `mode="bilinear"` and run the
+#    check against torchvision again. How large is the largest difference on each level, and
+#    why is one level unchanged? Would you expect the detector to train worse?
+#    *Hint:* `(a - b).abs().max()` per level; `p5` has no level above it.
+# 2. **Why multiples of 32?** Feed a `(1, 3, 100, 224)` batch to `model.body` (the trunk alone,
+#    which checks nothing) and print the shapes of `c3`, `c4`, `c5`. The FPN would still run (it
+#    upsamples to the lateral's size), but by which factor does it stretch `c5`'s rows onto
+#    `c4`'s, and which image rows does the last `p5` cell then stand for?
+#    *Hint:* each stride-2 stage turns `n` rows into `ceil(n / 2)`; chapter 03 puts the cell `h`
+#    at `y = (h + 0.5) · 32`.
+# 3. **Where the parameters are.** Count the parameters of the trunk and of the FPN for
+#    `out_channels=64` and for the paper's 256. Which part grows, and by about what factor?
+#    *Hint:* a 3x3 convolution from `F` to `F` channels has `9·F² + F` parameters.
+# 4. **What one cell sees.** Make a random image require gradients, back-propagate the
+#    centre cell of `p3`, then of `p5` (summed over channels), and show `|grad|` of the image
+#    as a picture. Which region does each cell depend on?
+#    *Hint:* `images.requires_grad_()`, then `pyramid["p5"][0, :, h // 2, w // 2].sum().backward()`.
 
 # %% [markdown]
 # ## Summary

@@ -389,6 +389,26 @@ for use_groupnorm in (True, False):
     assert [x.shape[1] for x in cls_logits.values()] == [28 * 40, 14 * 20, 7 * 10]
 
 # %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **The prior bias.** Build `FCOSHead(num_classes=5)` with `prior_prob=0.01` and with `0.5`,
+#    and compute the summed binary cross-entropy of the initial class logits of a 224 x 224
+#    image against "no object anywhere" (all targets 0). How many times larger is the second,
+#    and what would its gradient do to the first training steps?
+#    *Hint:* `F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="sum")`.
+# 2. **exp or ReLU.** Pass `x = torch.linspace(-3, 3, 7, requires_grad=True)` through
+#    `positive_deltas` and through `torch.relu`, back-propagate the sum and print `x.grad`.
+#    Which outputs could a training step never move again with the ReLU?
+#    *Hint:* pitfall P5.
+# 3. **One head for three levels.** How many parameters would three separate heads (one per
+#    level) have, against the shared one? What does sharing assume about what the levels ask
+#    of the head?
+#    *Hint:* `sum(p.numel() for p in head.parameters())`; chapter 05 divides the box targets by
+#    the stride for the same reason.
+
+# %% [markdown]
 # ## Summary
 #
 # - One head, the same weights on every level: two stems of 3x3 conv + GroupNorm + ReLU, then

@@ -54,6 +54,7 @@ if "google.colab" in sys.modules:
 import matplotlib.pyplot as plt
 import torch
 
+from fcos_lib.checks import exercise
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset
 from fcos_lib.drawing import draw_boxes
@@ -148,11 +149,14 @@ def get_fpn_location_coords(shape_per_fpn_level: dict, strides_per_fpn_level: di
         H_l = check_int(shape[-2], f"shape_per_fpn_level[{level!r}][-2], the height H_l,", minimum=0)
         W_l = check_int(shape[-1], f"shape_per_fpn_level[{level!r}][-1], the width W_l,", minimum=0)
         stride = strides_per_fpn_level[level]
+        ### BEGIN SOLUTION
+        ### HINT: locations_per_fpn_level[level] = (L_l, 2) rows (x, y), x = (w + 0.5) * stride, y = (h + 0.5) * stride, k = h * W_l + w
         xs = (torch.arange(W_l, dtype=dtype, device=device) + 0.5) * stride  # (W_l,) from columns w
         ys = (torch.arange(H_l, dtype=dtype, device=device) + 0.5) * stride  # (H_l,) from rows h
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # (H_l, W_l) each, [h, w]
         # Row-major like the head's permute(0, 2, 3, 1).reshape: k = h * W_l + w.
         locations_per_fpn_level[level] = torch.stack([grid_x, grid_y], dim=-1).reshape(H_l * W_l, 2)  # (L_l, 2)
+        ### END SOLUTION
     return locations_per_fpn_level
 
 # %% [markdown]
@@ -161,14 +165,16 @@ def get_fpn_location_coords(shape_per_fpn_level: dict, strides_per_fpn_level: di
 # stride of 0 would put every location at `(0, 0)`, so it is refused.
 
 # %%
-locations = get_fpn_location_coords({"p5": (2, 3)}, {"p5": 32})["p5"]
-print(locations.shape, locations.dtype)
-print(locations.tolist())
-assert locations.tolist() == [[16, 16], [48, 16], [80, 16], [16, 48], [48, 48], [80, 48]]
-try:
-    get_fpn_location_coords({"p5": (2, 3)}, {"p5": 0})
-except ValueError as err:
-    print("ValueError:", err)
+with exercise("get_fpn_location_coords"):
+    locations = get_fpn_location_coords({"p5": (2, 3)}, {"p5": 32})["p5"]
+    print(locations.shape, locations.dtype)
+    print(locations.tolist())
+    expected = [[16, 16], [48, 16], [80, 16], [16, 48], [48, 48], [80, 48]]
+    assert locations.tolist() == expected, f"the 2 x 3 map at stride 32 gives {locations.tolist()}, expected {expected}"
+    try:
+        get_fpn_location_coords({"p5": (2, 3)}, {"p5": 0})
+    except ValueError as err:
+        print("ValueError:", err)
 
 # %% [markdown]
 # ## Every level of a real input
@@ -241,16 +247,40 @@ for k in range(H_l * W_l):
 # %%
 image_size = (160, 224)  # H x W, not square on purpose
 shapes = {level: (image_size[0] // s, image_size[1] // s) for level, s in strides.items()}
-locations_per_level = get_fpn_location_coords(shapes, strides)
-for level, (H_l, W_l) in shapes.items():
-    rows, cols = torch.meshgrid(torch.arange(H_l), torch.arange(W_l), indexing="ij")  # (H_l, W_l)
-    position_map = torch.stack([cols, rows]).float()[None]  # (1, 2, H_l, W_l): channel 0 = w, 1 = h
-    predictions = flatten_level(position_map)[0]  # (L_l, 2): (w, h) of the cell behind row k
-    locs = locations_per_level[level]
-    decoded = locs / strides[level] - 0.5  # (L_l, 2): (w, h) from (x, y)
-    print(f"{level}: {H_l} x {W_l} cells, {len(locs)} locations, every k paired with its own cell:",
-          torch.equal(decoded, predictions))
-    assert torch.equal(decoded, predictions)
+with exercise("get_fpn_location_coords"):
+    locations_per_level = get_fpn_location_coords(shapes, strides)
+    for level, (H_l, W_l) in shapes.items():
+        rows, cols = torch.meshgrid(torch.arange(H_l), torch.arange(W_l), indexing="ij")  # (H_l, W_l)
+        position_map = torch.stack([cols, rows]).float()[None]  # (1, 2, H_l, W_l): channel 0 = w, 1 = h
+        predictions = flatten_level(position_map)[0]  # (L_l, 2): (w, h) of the cell behind row k
+        locs = locations_per_level[level]
+        decoded = locs / strides[level] - 0.5  # (L_l, 2): (w, h) from (x, y)
+        print(f"{level}: {H_l} x {W_l} cells, {len(locs)} locations, every k paired with its own cell:",
+              torch.equal(decoded, predictions))
+        assert torch.equal(decoded, predictions), (
+            f"on {level} ({H_l} x {W_l} cells) location k is not the cell (h, w) = divmod(k, W_l) "
+            f"(first: row 1 is {locs[1].tolist()}, expected {[1.5 * strides[level], 0.5 * strides[level]]}); "
+            "x comes from the column w, y from the row h")
+
+# %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **torchvision's grid.** torchvision's anchors have their centres at `(w · s, h · s)`, ours at
+#    `((w + 0.5) · s, (h + 0.5) · s)`. For a 224 x 224 input at stride 32, list both sets of x.
+#    Which grid is symmetric about the image's centre, and which boxes near the border get
+#    fewer locations with the other?
+#    *Hint:* `torch.arange(7) * 32` against `(torch.arange(7) + 0.5) * 32`.
+# 2. **Sizes that do not divide.** The trunk turns 100 rows into 13, 7 and 4 cells at strides 8,
+#    16 and 32. Compute the `p5` locations of a 100 x 100 input. Do they all lie inside the
+#    image? Why does chapter 01 refuse such inputs anyway?
+#    *Hint:* the largest `x` is `3.5 · 32`.
+# 3. **Seeing the swap.** Write the seed's version (x from the rows, y from the columns) and
+#    run the "location k is paired with prediction k" check on a 224 x 224 input, then on
+#    160 x 224. Then compare both versions' points *as sets*. Which of the three tests would
+#    have caught pitfall P6 on square images?
+#    *Hint:* `sorted(map(tuple, locations.tolist()))`.
 
 # %% [markdown]
 # ## Summary

@@ -66,6 +66,7 @@ import torchvision
 from IPython.display import display
 from torch import nn
 
+from fcos_lib.checks import exercise
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.drawing import draw_boxes
@@ -188,6 +189,8 @@ def scale_ranges_per_fpn_level(strides_per_fpn_level: dict) -> dict:
         raise ValueError(f"strides_per_fpn_level must grow from level to level, finest first, e.g. "
                          f"{{'p3': 8, 'p4': 16, 'p5': 32}}; got {strides_per_fpn_level}. Fix: order the levels "
                          "finest first (the scale ranges would overlap otherwise).")
+    ### BEGIN SOLUTION
+    ### HINT: (4 * stride, 8 * stride) per level, as floats; the first level starts at 0.0, the last one ends at math.inf
     levels = list(strides_per_fpn_level)
     ranges = {}
     for i, level in enumerate(levels):
@@ -196,6 +199,7 @@ def scale_ranges_per_fpn_level(strides_per_fpn_level: dict) -> dict:
         upper = math.inf if i == len(levels) - 1 else 8.0 * stride
         ranges[level] = (lower, upper)
     return ranges
+    ### END SOLUTION
 
 
 def _bad_labels(labels: torch.Tensor, num_classes: int | None) -> torch.Tensor:
@@ -345,6 +349,8 @@ def _match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dict, g
     if N == 0:
         return torch.full((B, L), -1, dtype=torch.int64, device=device)
 
+    ### BEGIN SOLUTION
+    ### HINT: l, t, r, b as (B, L, N) (torch.cat the per-level lists); rules as strict masks; smallest area, first on ties, else -1
     x = locations[:, 0].view(1, L, 1)  # (1, L, 1)
     y = locations[:, 1].view(1, L, 1)
     x1, y1, x2, y2 = (gt_boxes[..., i].unsqueeze(1) for i in range(4))  # each (B, 1, N)
@@ -366,6 +372,7 @@ def _match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dict, g
     areas = torch.where(match, areas, torch.full_like(areas, math.inf))  # (B, L, N)
     min_area, matched_idx = areas.min(dim=-1)  # (B, L)
     return torch.where(min_area < math.inf, matched_idx, torch.full_like(matched_idx, -1))
+    ### END SOLUTION
 
 
 def fcos_match_locations_to_gt(locations_per_fpn_level: dict, strides_per_fpn_level: dict,
@@ -402,19 +409,26 @@ def fcos_match_locations_to_gt(locations_per_fpn_level: dict, strides_per_fpn_le
 strides = {"p3": 8, "p4": 16, "p5": 32}
 locations_per_level = get_fpn_location_coords({p: (224 // s, 224 // s) for p, s in strides.items()}, strides)
 hand_gt = torch.cat([hand_boxes, torch.tensor([[0.0], [1], [2]])], dim=1)  # (N, 5): classes 0, 1, 2
-matched = fcos_match_locations_to_gt(locations_per_level, strides, hand_gt)
-k = 7 * 28 + 12  # the p3 cell (h=7, w=12): x = 12.5 * 8 = 100, y = 7.5 * 8 = 60
-print("p3 location", locations_per_level["p3"][k].tolist(), "->", matched["p3"][k].tolist())
-assert matched["p3"][k].tolist() == [90, 50, 120, 70, 1]
+with exercise("_match_indices"):
+    matched = fcos_match_locations_to_gt(locations_per_level, strides, hand_gt)
+    k = 7 * 28 + 12  # the p3 cell (h=7, w=12): x = 12.5 * 8 = 100, y = 7.5 * 8 = 60
+    print("p3 location", locations_per_level["p3"][k].tolist(), "->", matched["p3"][k].tolist())
+    assert matched["p3"][k].tolist() == [90, 50, 120, 70, 1], (
+        f"the p3 location (100, 60) gets {matched['p3'][k].tolist()}, expected box 1 [90, 50, 120, 70, 1]")
 
-ranges = scale_ranges_per_fpn_level(strides)
-print("scale ranges:", ranges)
-naive = torch.tensor([match_one_location_naive(x, y, hand_boxes, *ranges[level])
-                      for level, locs in locations_per_level.items() for x, y in locs.tolist()])  # (L,)
-vectorised = fcos_match_indices(locations_per_level, strides, hand_gt)  # (L,), levels concatenated
-print("matched per box:", [int((vectorised == n).sum()) for n in range(3)],
-      "| same as the naive loop at all", len(naive), "locations:", torch.equal(vectorised, naive))
-assert torch.equal(vectorised, naive)
+with exercise("scale_ranges_per_fpn_level"):
+    ranges = scale_ranges_per_fpn_level(strides)
+    print("scale ranges:", ranges)
+    expected = {"p3": (0.0, 64.0), "p4": (64.0, 128.0), "p5": (128.0, math.inf)}
+    assert ranges == expected, f"the strides 8, 16, 32 give {ranges}, expected {expected}"
+with exercise("_match_indices"):
+    naive = torch.tensor([match_one_location_naive(x, y, hand_boxes, *ranges[level])
+                          for level, locs in locations_per_level.items() for x, y in locs.tolist()])  # (L,)
+    vectorised = fcos_match_indices(locations_per_level, strides, hand_gt)  # (L,), levels concatenated
+    print("matched per box:", [int((vectorised == n).sum()) for n in range(3)],
+          "| same as the naive loop at all", len(naive), "locations:", torch.equal(vectorised, naive))
+    assert torch.equal(vectorised, naive), (
+        f"differs from the naive loop at {int((vectorised != naive).sum())} of {len(naive)} locations")
 
 # %% [markdown]
 # Check: bad ground truth is refused, naming the row (`gt_boxes[image, row]`) and the fix.
@@ -490,12 +504,14 @@ train_set = VOCDataset(make_course_dataset(), "train")
 images, gt_boxes, _ = collate_detection([train_set[i] for i in range(8)])
 print("images", tuple(images.shape), "gt_boxes", tuple(gt_boxes.shape),
       "real boxes", int((gt_boxes[..., 4] >= 0).sum()))
-for radius in (None, 1.5):
-    ours = fcos_match_indices(locations_per_level, strides, gt_boxes.double(), radius)
-    theirs = torchvision_matched_idxs(locations_per_level, strides, gt_boxes.double(), radius)
-    print(f"center_sampling_radius={radius}: foreground {int((ours >= 0).sum())}, "
-          f"same as torchvision: {torch.equal(ours, theirs)}")
-    assert torch.equal(ours, theirs)
+with exercise("_match_indices"):
+    for radius in (None, 1.5):
+        ours = fcos_match_indices(locations_per_level, strides, gt_boxes.double(), radius)
+        theirs = torchvision_matched_idxs(locations_per_level, strides, gt_boxes.double(), radius)
+        print(f"center_sampling_radius={radius}: foreground {int((ours >= 0).sum())}, "
+              f"same as torchvision: {torch.equal(ours, theirs)}")
+        assert torch.equal(ours, theirs), (
+            f"with center_sampling_radius={radius}, {int((ours != theirs).sum())} locations differ from torchvision")
 
 # %% [markdown]
 # ## Picture: who learns which box
@@ -599,13 +615,36 @@ adversarial[1, :3] = torch.tensor([
     [30, 30, 90, 90, 2],     # different class
 ], dtype=torch.float64)
 # image 2: no boxes at all (all padding)
-for radius in (None, 1.5):
-    ours = fcos_match_indices(locs_ns, strides, adversarial, radius)
-    theirs = torchvision_matched_idxs(locs_ns, strides, adversarial, radius)
-    fg_per_box = [[int((ours[b] == n).sum()) for n in range(6)] for b in range(3)]
-    print(f"radius={radius}: same as torchvision: {torch.equal(ours, theirs)}; "
-          f"matched locations per box: {fg_per_box}")
-    assert torch.equal(ours, theirs)
+with exercise("_match_indices"):
+    for radius in (None, 1.5):
+        ours = fcos_match_indices(locs_ns, strides, adversarial, radius)
+        theirs = torchvision_matched_idxs(locs_ns, strides, adversarial, radius)
+        fg_per_box = [[int((ours[b] == n).sum()) for n in range(6)] for b in range(3)]
+        print(f"radius={radius}: same as torchvision: {torch.equal(ours, theirs)}; "
+              f"matched locations per box: {fg_per_box}")
+        assert torch.equal(ours, theirs), (
+            f"with radius={radius}, locations that differ from torchvision per image: "
+            f"{(ours != theirs).sum(dim=1).tolist()} (image 0: nested, touching, tiny; 1: image-sized, identical)")
+
+# %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **Strict bounds.** Build one box and one `p3` location whose largest distance `m` is exactly
+#    64. Which level learns that location with our strict bounds, and which would with `<=` on
+#    both sides? Is a location that no level learns a loss for training?
+#    *Hint:* `fcos_match_indices` with one box, and `scale_ranges_per_fpn_level(strides)`.
+# 2. **How many positives?** On the batch of the course dataset, count the foreground locations
+#    per level with `center_sampling_radius` None, 1.5 and 0.5. Which level loses the most to
+#    centre sampling, and why?
+#    *Hint:* split the `(B, L)` result with `[len(l) for l in locations_per_level.values()]`.
+# 3. **The largest area instead.** Change rule 3 to keep the *largest* box. In the adversarial
+#    image 0, which box then loses every location, and what would the model never learn?
+#    *Hint:* count the locations per box as the final check prints them.
+# 4. **Ties.** Two identical boxes with different classes (adversarial image 1): which one do the
+#    locations learn? What happens to the other one in training, and would sorting the
+#    annotations differently change the model?
 
 # %% [markdown]
 # ## Summary

@@ -65,6 +65,7 @@ import torch
 from matplotlib import patches
 from torchvision.models.detection._utils import BoxLinearCoder
 
+from fcos_lib.checks import exercise
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.locations import get_fpn_location_coords
@@ -178,6 +179,8 @@ def fcos_get_deltas_from_locations(locations: torch.Tensor, gt_boxes: torch.Tens
         )
     locations = locations.to(dtype=gt_boxes.dtype, device=gt_boxes.device)
     stride = _stride_column(stride, locations)  # (L, 1)
+    ### BEGIN SOLUTION
+    ### HINT: (x - x1, y - y1, x2 - x, y2 - y) / stride, stacked on a last axis of 4; background rows (all -1, or class -1) -> -1
     x, y = locations[:, 0], locations[:, 1]  # (L,) each, broadcast over "..."
     deltas = torch.stack([x - gt_boxes[..., 0], y - gt_boxes[..., 1],
                           gt_boxes[..., 2] - x, gt_boxes[..., 3] - y], dim=-1) / stride  # (..., L, 4)
@@ -185,6 +188,7 @@ def fcos_get_deltas_from_locations(locations: torch.Tensor, gt_boxes: torch.Tens
     if gt_boxes.shape[-1] == 5:
         background |= gt_boxes[..., 4] < 0
     return torch.where(background.unsqueeze(-1), torch.full_like(deltas, -1.0), deltas)
+    ### END SOLUTION
 
 # %% [markdown]
 # Check: the hand-worked location, plus one background row, and the same numbers from
@@ -194,9 +198,11 @@ def fcos_get_deltas_from_locations(locations: torch.Tensor, gt_boxes: torch.Tens
 # %%
 locations = torch.tensor([[100.0, 60.0], [20.0, 20.0]])
 matched = torch.tensor([[90.0, 50, 120, 70, 1], [-1, -1, -1, -1, -1]])  # location 1: background
-deltas = fcos_get_deltas_from_locations(locations, matched, stride=8)
-print(deltas.tolist())
-assert deltas.tolist() == [[1.25, 1.25, 2.5, 1.25], [-1, -1, -1, -1]]
+with exercise("fcos_get_deltas_from_locations"):
+    deltas = fcos_get_deltas_from_locations(locations, matched, stride=8)
+    print(deltas.tolist())
+    expected = [[1.25, 1.25, 2.5, 1.25], [-1, -1, -1, -1]]
+    assert deltas.tolist() == expected, f"got {deltas.tolist()}, expected {expected} (l, t, r, b in strides; -1)"
 anchor = torch.tensor([[96.0, 56.0, 104.0, 64.0]])  # side 8 around (100, 60)
 print("torchvision:", BoxLinearCoder(normalize_by_size=True).encode(anchor, matched[:1, :4]).tolist())
 
@@ -281,6 +287,8 @@ def fcos_apply_deltas_to_locations(deltas: torch.Tensor, locations: torch.Tensor
         raise ValueError(f"image_size must be (H, W), the image's height and width; got {image_size!r}. "
                          "Fix: image_size=tuple(image.shape[-2:]).")
     locations = locations.to(dtype=deltas.dtype, device=deltas.device)
+    ### BEGIN SOLUTION
+    ### HINT: deltas clamped at 0, times the stride (_stride_column); each row's own location -/+ them; then clip to (H, W)
     distances = deltas.clamp(min=0) * _stride_column(stride, locations)  # (..., L, 4) in pixels
     boxes = torch.cat([locations - distances[..., :2], locations + distances[..., 2:]], dim=-1)  # (..., L, 4)
     if image_size is not None:
@@ -288,6 +296,7 @@ def fcos_apply_deltas_to_locations(deltas: torch.Tensor, locations: torch.Tensor
         boxes = torch.stack([boxes[..., 0].clamp(0, W), boxes[..., 1].clamp(0, H),
                              boxes[..., 2].clamp(0, W), boxes[..., 3].clamp(0, H)], dim=-1)  # (..., L, 4)
     return boxes
+    ### END SOLUTION
 
 # %% [markdown]
 # Check, by hand, on a 96 x 128 image (H x W):
@@ -301,11 +310,15 @@ def fcos_apply_deltas_to_locations(deltas: torch.Tensor, locations: torch.Tensor
 
 # %%
 predicted = torch.tensor([[[1.25, 1.25, 2.5, 1.25], [-3.0, 1, 1, 1]], [[1.25, 1.25, 2.5, 1.25], [10.0, 10, 10, 10]]])
-boxes = fcos_apply_deltas_to_locations(predicted, locations, stride=8, image_size=(96, 128))  # (2, 2, 4)
-print(boxes.tolist())
-assert boxes[0, 0].tolist() == [90, 50, 120, 70] and boxes[0, 1].tolist() == [20, 12, 28, 28]
-assert boxes[1, 1].tolist() == [0, 0, 100, 96]
-print("without image_size:", fcos_apply_deltas_to_locations(predicted[1], locations, 8)[1].tolist())
+with exercise("fcos_apply_deltas_to_locations"):
+    boxes = fcos_apply_deltas_to_locations(predicted, locations, stride=8, image_size=(96, 128))  # (2, 2, 4)
+    print(boxes.tolist())
+    assert boxes[0, 0].tolist() == [90, 50, 120, 70], f"the hand-worked deltas give {boxes[0, 0].tolist()}"
+    assert boxes[0, 1].tolist() == [20, 12, 28, 28], (
+        f"the negative prediction gives {boxes[0, 1].tolist()}, expected [20, 12, 28, 28] (clamp deltas at 0)")
+    assert boxes[1, 1].tolist() == [0, 0, 100, 96], (
+        f"the huge prediction gives {boxes[1, 1].tolist()}, expected [0, 0, 100, 96] (clip to the image's (H, W))")
+    print("without image_size:", fcos_apply_deltas_to_locations(predicted[1], locations, 8)[1].tolist())
 
 # %% [markdown]
 # > **Pitfall P7** ([the course's pitfalls note](../docs/pitfalls.md#p7-decoding-boxes-from-the-wrong-location-without-a-clamp)). The seed's `fcos_apply_deltas_to_locations` has three
@@ -345,14 +358,32 @@ def round_trip(gt):
 
 on_grid = gt_boxes.clone()
 on_grid[..., :4] = (gt_boxes[..., :4] * 256).round() / 256  # snap to 1/256 px (padding -1 stays -1)
-fg, deltas, decoded, target = round_trip(on_grid)
-print(f"1/256-px grid: {int(fg.sum())} foreground locations, exact: {torch.equal(decoded, target)}, "
-      f"background deltas all -1: {bool((deltas[~fg] == -1).all())}")
-assert torch.equal(decoded, target) and (deltas[~fg] == -1).all()
-fg, deltas, decoded, target = round_trip(gt_boxes)
-error = (decoded - target).abs().max().item()
-print(f"raw float boxes: largest error {error:.1e} px, below 2e-5: {error < 2e-5}")
-assert error < 2e-5
+with exercise("fcos_get_deltas_from_locations", "fcos_apply_deltas_to_locations"):
+    fg, deltas, decoded, target = round_trip(on_grid)
+    print(f"1/256-px grid: {int(fg.sum())} foreground locations, exact: {torch.equal(decoded, target)}, "
+          f"background deltas all -1: {bool((deltas[~fg] == -1).all())}")
+    assert torch.equal(decoded, target), "boxes -> deltas -> boxes does not give back the boxes on a 1/256-px grid"
+    assert (deltas[~fg] == -1).all(), "background rows must get the deltas -1"
+    fg, deltas, decoded, target = round_trip(gt_boxes)
+    error = (decoded - target).abs().max().item()
+    print(f"raw float boxes: largest error {error:.1e} px, below 2e-5: {error < 2e-5}")
+    assert error < 2e-5, f"the round trip is off by up to {error:.2g} px"
+
+# %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **Pixels instead of strides.** If the head predicted distances in pixels as `exp(x)`, which
+#    range of `x` would each level need for the targets of the histogram above? And in strides?
+#    *Hint:* `math.log` of the printed smallest and largest deltas.
+# 2. **Exact or not.** The round trip is exact on a 1/256 px grid. Snap the boxes to a 1/3 px
+#    grid instead and measure the largest error. Why is one grid exact and the other not?
+#    *Hint:* `1/3` has no finite binary expansion; `x - x1` is rounded once.
+# 3. **What the clamp does to a gradient.** Decode the deltas `[[-0.5, 1.0, 1.0, 1.0]]` (with
+#    `requires_grad=True`) at one location, back-propagate `boxes.sum()` and print the gradient of
+#    the deltas. Why must a loss never see clamped deltas?
+#    *Hint:* chapter 07's L1 box loss, and pitfall P5.
 
 # %% [markdown]
 # ## Summary

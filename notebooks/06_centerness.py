@@ -63,6 +63,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
+from fcos_lib.checks import exercise
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.drawing import draw_boxes
@@ -110,9 +111,12 @@ import torch
 
 def _side_ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """min(a, b) / max(a, b) for a, b >= 0, with 0 / 0 defined as 0."""
+    ### BEGIN SOLUTION
+    ### HINT: torch.minimum / torch.maximum; where max is 0, divide by 1 instead and return 0 (a NaN would poison the loss)
     low, high = torch.minimum(a, b), torch.maximum(a, b)
     positive = high > 0
     return torch.where(positive, low / torch.where(positive, high, torch.ones_like(high)), torch.zeros_like(high))
+    ### END SOLUTION
 
 
 def fcos_make_centerness_targets(deltas: torch.Tensor) -> torch.Tensor:
@@ -128,10 +132,13 @@ def fcos_make_centerness_targets(deltas: torch.Tensor) -> torch.Tensor:
     """
     if deltas.shape[-1] != 4:
         raise ValueError(f"deltas must be (..., 4) rows (l, t, r, b); got shape {tuple(deltas.shape)}")
+    ### BEGIN SOLUTION
+    ### HINT: sqrt(_side_ratio(l, r) * _side_ratio(t, b)) on the deltas clamped at 0; rows of all -1 (background) -> -1
     background = (deltas == -1).all(dim=-1)  # (...)
     d = deltas.clamp(min=0)  # outside a box (a negative distance): centerness 0, not sqrt(negative)
     centerness = torch.sqrt(_side_ratio(d[..., 0], d[..., 2]) * _side_ratio(d[..., 1], d[..., 3]))  # (...)
     return torch.where(background, torch.full_like(centerness, -1.0), centerness)
+    ### END SOLUTION
 
 # %% [markdown]
 # Check: the four hand-worked cases and a background row.
@@ -144,10 +151,14 @@ cases = torch.tensor([
     [0.0, 1.0, 0.0, 3.0],     # zero width, l = r = 0: defined as 0
     [-1.0, -1.0, -1.0, -1.0], # background: -1
 ])
-centerness = fcos_make_centerness_targets(cases)
-print([round(c, 4) for c in centerness.tolist()])
-assert centerness[1] == 1.0 and centerness[2] == 0 and centerness[3] == 0 and centerness[4] == -1
-assert abs(centerness[0] - math.sqrt(0.5)) < 1e-7
+with exercise("fcos_make_centerness_targets", "_side_ratio"):
+    centerness = fcos_make_centerness_targets(cases)
+    print([round(c, 4) for c in centerness.tolist()])
+    got = centerness.tolist()
+    assert got[3] == 0, f"the zero-width case gives {got[3]}, expected 0 (0 / 0 is defined as 0, never NaN)"
+    assert got[1] == 1.0 and got[2] == 0 and got[4] == -1, (
+        f"centre, corner, background give {[got[1], got[2], got[4]]}, expected [1.0, 0.0, -1.0]")
+    assert abs(got[0] - math.sqrt(0.5)) < 1e-7, f"chapter 05's location gives {got[0]}, expected sqrt(0.5) = 0.7071"
 
 # %% [markdown]
 # ## Picture: centerness inside one box
@@ -420,6 +431,23 @@ learnt = {(b, tuple(row)) for b in range(len(gt_boxes)) for row in targets.match
 real = {(b, tuple(row)) for b in range(len(gt_boxes)) for row in gt_boxes[b].tolist() if row[4] >= 0}
 print(f"real boxes: {len(real)}, learnt by at least one location: {len(learnt)}")
 assert same_fg and (targets.deltas[fg] > 0).all() and learnt <= real
+
+# %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **Why the square root?** Plot the centerness along the middle row of the 120 x 60 box
+#    (`box_map[29]`), with and without `torch.sqrt`. How much credit does a location halfway
+#    to the border get in each? Which would you rather train a logit against?
+# 2. **Centerness in the score.** Chapter 08 ranks boxes by `sqrt(p · c)`. A location at
+#    `(l, t, r, b) = (1, 1, 9, 9)` competes with a location at the box's centre whose class
+#    probability is 0.5. How confident must the off-centre location be to win?
+#    *Hint:* compute its centerness first.
+# 3. **How the two target builders scale.** Time `build_targets_loop` and `fcos_build_targets` on
+#    1, 2 and 4 images and plot the time against the number of images. How does each grow, and
+#    which would you run at batch 16 in every training step?
+#    *Hint:* take the best of a few runs for the fast one, as the timing cell does.
 
 # %% [markdown]
 # ## Summary

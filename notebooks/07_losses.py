@@ -56,6 +56,7 @@ import torch
 import torchvision
 from torchvision.models.detection.fcos import FCOSHead as TorchvisionFCOSHead
 
+from fcos_lib.checks import exercise
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.locations import get_fpn_location_coords
@@ -153,6 +154,8 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
         raise ValueError(f"alpha must be in [0, 1] (the positives' weight), or -1 for no weighting; got {alpha!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
         raise ValueError(f"gamma must be a finite number >= 0 (0: plain cross-entropy, 2: the paper); got {gamma!r}")
+    ### BEGIN SOLUTION
+    ### HINT: -log(p_t) = F.binary_cross_entropy_with_logits(..., reduction="none") (stable); times (1 - p_t) ** gamma and alpha_t
     p = torch.sigmoid(logits)
     # -log(p_t), computed from the logits (stable for large |logits|), not as -log(sigmoid(x)).
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -161,6 +164,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     return loss
+    ### END SOLUTION
 
 
 def one_hot_targets(labels: torch.Tensor, num_classes: int, check_inputs: bool = True) -> torch.Tensor:
@@ -192,17 +196,24 @@ def one_hot_targets(labels: torch.Tensor, num_classes: int, check_inputs: bool =
 
 # %%
 logit_09 = torch.logit(torch.tensor([0.9, 0.9]))
-print([round(v, 6) for v in sigmoid_focal_loss(logit_09, torch.tensor([1.0, 0.0])).tolist()])
+with exercise("sigmoid_focal_loss"):
+    by_hand = sigmoid_focal_loss(logit_09, torch.tensor([1.0, 0.0])).tolist()
+    print([round(v, 6) for v in by_hand])
+    assert [round(v, 4) for v in by_hand] == [0.0003, 1.3988], (
+        f"p = 0.9 gives {by_hand}, expected [0.000263, 1.398743] (positive, then negative)")
 
-torch.manual_seed(0)
-logits = (3 * torch.randn(4, 50, 20)).requires_grad_()
-targets = (torch.rand(4, 50, 20) < 0.05).float()
-ours = sigmoid_focal_loss(logits, targets)
-(grad_ours,) = torch.autograd.grad(ours.sum(), logits)
-theirs = torchvision.ops.sigmoid_focal_loss(logits, targets, reduction="none")
-(grad_theirs,) = torch.autograd.grad(theirs.sum(), logits)
-print("values agree with torchvision:", torch.allclose(ours, theirs, atol=1e-7),
-      "| gradients agree:", torch.allclose(grad_ours, grad_theirs, atol=1e-7))
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(4, 50, 20)).requires_grad_()
+    targets = (torch.rand(4, 50, 20) < 0.05).float()
+    ours = sigmoid_focal_loss(logits, targets)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), logits)
+    theirs = torchvision.ops.sigmoid_focal_loss(logits, targets, reduction="none")
+    (grad_theirs,) = torch.autograd.grad(theirs.sum(), logits)
+    print("values agree with torchvision:", torch.allclose(ours, theirs, atol=1e-7),
+          "| gradients agree:", torch.allclose(grad_ours, grad_theirs, atol=1e-7))
+    assert torch.allclose(ours, theirs, atol=1e-7), (
+        f"values differ from torchvision's by up to {(ours - theirs).abs().max().item():.3g}")
+    assert torch.allclose(grad_ours, grad_theirs, atol=1e-7), "the values agree but the gradients differ"
 print(one_hot_targets(torch.tensor([[2, -1, 0]]), num_classes=3))
 
 # %% [markdown]
@@ -344,6 +355,11 @@ print("values agree with torchvision:", torch.allclose(ours, theirs, atol=1e-6),
 # sum). The price, a noisier scale, is small with batches of 8–16 images: the count is then
 # a hundred or more most of the time (below: 80 to 210 per batch of 8). We keep it as a tensor (`clamp`, not `.item()`), so a GPU never waits.
 #
+# With several GPUs (chapter 09, "When one GPU is not enough") each process sees a slice of the
+# batch, and "the batch's count" must still mean the *whole* batch's: `fcos_loss(...,
+# sync_foreground=True)` sums the count over the processes (`global_foreground_count` explains
+# why dividing each slice by its own count would train another model).
+#
 # The picture: foreground locations per image on the course dataset (224 x 224, centre
 # sampling radius 1.5, as the model trains), and the batch count that divides each batch's
 # loss.
@@ -378,7 +394,7 @@ print("images without objects:", int((fg_per_image == 0).sum()), "of 64 | foregr
 #| export
 def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: torch.Tensor, targets,
               locations: torch.Tensor, strides: torch.Tensor, box_loss: str = "giou",
-              check_inputs: bool = True) -> dict:
+              check_inputs: bool = True, sync_foreground: bool = False) -> dict:
     """The three FCOS losses of one batch, each divided by the batch's foreground count.
 
     Args:
@@ -393,6 +409,8 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
             four sides, as the seed's 0.25 * sum).
         check_inputs: False skips the class-label check (a host sync) for targets built from
             ground truth that was checked already (FCOS.forward checks it once per batch).
+        sync_foreground: data-parallel training (chapter 09): this batch is one process's slice of
+            a global batch; divide by the global batch's count instead (global_foreground_count).
     Returns:
         dict(loss_cls, loss_box, loss_ctr) of scalar tensors: sums over the batch divided by
         max(1, number of foreground locations in the batch).
@@ -417,9 +435,14 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
         if not isinstance(given[name], torch.Tensor) or tuple(given[name].shape) != shape:
             got = tuple(given[name].shape) if isinstance(given[name], torch.Tensor) else type(given[name]).__name__
             raise ValueError(f"{name} must be {shape} to match cls_logits (B, L, C) = {(B, L, C)}; got {got}")
+    ### BEGIN SOLUTION
+    ### HINT: focal loss summed everywhere; box and centerness losses weighted by foreground; all / max(1, the batch's count)
     labels = targets.matched_boxes[..., 4]  # (B, L), -1 = background
     foreground = labels >= 0  # (B, L)
-    num_foreground = foreground.sum().clamp(min=1).to(torch.float32)  # a tensor: no GPU sync
+    if sync_foreground:
+        num_foreground = global_foreground_count(foreground)
+    else:
+        num_foreground = foreground.sum().clamp(min=1).to(torch.float32)  # a tensor: no GPU sync
 
     # Classes: every location, C yes/no questions each; background = all zeros.
     cls_targets = one_hot_targets(labels, C, check_inputs)  # (B, L, C)
@@ -449,6 +472,28 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
                 * weight).sum()
     return {"loss_cls": loss_cls / num_foreground, "loss_box": loss_box / num_foreground,
             "loss_ctr": loss_ctr / num_foreground}
+    ### END SOLUTION
+
+
+def global_foreground_count(foreground: torch.Tensor) -> torch.Tensor:
+    """max(1, foreground locations of the GLOBAL batch) / W, for W data-parallel processes.
+
+    Args:
+        foreground: (B, L) bool, this process's slice of the global batch.
+    Returns:
+        () float32, the same on every process.
+
+    Why not this slice's own count (the classic pitfall): DistributedDataParallel averages the W
+    processes' gradients, so with per-slice counts n_r the step follows (1/W) sum_r S_r / n_r, where
+    S_r is slice r's summed loss. That weights an object by its slice's count, and differs from the
+    one-process loss of the same batch, S / max(1, n) with S = sum_r S_r and n = sum_r n_r. Dividing
+    every slice by max(1, n) / W instead gives (1/W) sum_r W S_r / max(1, n) = S / max(1, n): the
+    one-process loss, whatever W. (detectron2's and AdelaiDet's FCOS do the same: they all-reduce
+    the count and divide it by the number of GPUs.)
+    """
+    count = foreground.sum().to(torch.float32)  # () this slice's n_r, exact in float32 below 2**24
+    torch.distributed.all_reduce(count)  # () n = sum over the processes, the same everywhere
+    return count.clamp(min=1) / torch.distributed.get_world_size()
 
 # %% [markdown]
 # Check 1, against torchvision's own FCOS loss (`FCOSHead.compute_loss`). We feed it the
@@ -457,29 +502,35 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
 # a ReLU, so we give both sides non-negative deltas. The three numbers agree.
 
 # %%
-torch.manual_seed(0)
-B, C = 2, 5
-gt = gt_boxes[:B]  # (2, N, 5), the first two course images
-fcos_targets = fcos_build_targets(locations_per_level, strides, gt, center_sampling_radius=1.5)
-locations = torch.cat(list(locations_per_level.values()))  # (L, 2)
-location_strides = strides_per_location(locations_per_level, strides)  # (L,)
-L = locations.shape[0]
-cls_logits, box_deltas, ctr_logits = torch.randn(B, L, C), 3 * torch.rand(B, L, 4), torch.randn(B, L, 1)
-ours = fcos_loss(cls_logits, box_deltas, ctr_logits, fcos_targets, locations, location_strides)
+with exercise("fcos_loss"):
+    torch.manual_seed(0)
+    B, C = 2, 5
+    gt = gt_boxes[:B]  # (2, N, 5), the first two course images
+    fcos_targets = fcos_build_targets(locations_per_level, strides, gt, center_sampling_radius=1.5)
+    locations = torch.cat(list(locations_per_level.values()))  # (L, 2)
+    location_strides = strides_per_location(locations_per_level, strides)  # (L,)
+    L = locations.shape[0]
+    cls_logits, box_deltas, ctr_logits = torch.randn(B, L, C), 3 * torch.rand(B, L, 4), torch.randn(B, L, 1)
+    ours = fcos_loss(cls_logits, box_deltas, ctr_logits, fcos_targets, locations, location_strides)
+    assert all(v.dim() == 0 for v in ours.values()), (
+        f"each loss must be one number for the batch; got shapes {[tuple(v.shape) for v in ours.values()]}")
 
-anchors = torch.cat([locations - location_strides[:, None] / 2, locations + location_strides[:, None] / 2], dim=1)  # (L, 4)
-tv_targets, matched_idxs = [], []
-for b in range(B):
-    real = gt[b][gt[b, :, 4] >= 0]  # (N_b, 5)
-    tv_targets.append({"boxes": real[:, :4], "labels": real[:, 4].long()})
-    same = (fcos_targets.matched_boxes[b][:, None, :] == real[None, :, :]).all(dim=-1)  # (L, N_b)
-    matched_idxs.append(torch.where(same.any(dim=1), same.float().argmax(dim=1), -1))
-tv_head = TorchvisionFCOSHead(in_channels=32, num_anchors=1, num_classes=C, num_convs=0)
-theirs = tv_head.compute_loss(tv_targets, {"cls_logits": cls_logits, "bbox_regression": box_deltas,
-                                           "bbox_ctrness": ctr_logits}, [anchors] * B, matched_idxs)
-print({k: round(v.item(), 3) for k, v in ours.items()})
-print({k: round(v.item(), 3) for k, v in theirs.items()})
-print("agree:", all(torch.allclose(a, b, rtol=1e-5) for a, b in zip(ours.values(), theirs.values())))
+    anchors = torch.cat([locations - location_strides[:, None] / 2, locations + location_strides[:, None] / 2], dim=1)  # (L, 4)
+    tv_targets, matched_idxs = [], []
+    for b in range(B):
+        real = gt[b][gt[b, :, 4] >= 0]  # (N_b, 5)
+        tv_targets.append({"boxes": real[:, :4], "labels": real[:, 4].long()})
+        same = (fcos_targets.matched_boxes[b][:, None, :] == real[None, :, :]).all(dim=-1)  # (L, N_b)
+        matched_idxs.append(torch.where(same.any(dim=1), same.float().argmax(dim=1), -1))
+    tv_head = TorchvisionFCOSHead(in_channels=32, num_anchors=1, num_classes=C, num_convs=0)
+    theirs = tv_head.compute_loss(tv_targets, {"cls_logits": cls_logits, "bbox_regression": box_deltas,
+                                               "bbox_ctrness": ctr_logits}, [anchors] * B, matched_idxs)
+    print({k: round(v.item(), 3) for k, v in ours.items()})
+    print({k: round(v.item(), 3) for k, v in theirs.items()})
+    print("agree:", all(torch.allclose(a, b, rtol=1e-5) for a, b in zip(ours.values(), theirs.values())))
+    assert all(torch.allclose(a, b, rtol=1e-5) for a, b in zip(ours.values(), theirs.values())), (
+        "the losses differ from torchvision's FCOSHead.compute_loss (each is a sum over the batch divided by "
+        "max(1, the batch's foreground count))")
 
 # %% [markdown]
 # Check 2, images without objects. A batch where one image is empty, and a batch where all
@@ -488,16 +539,22 @@ print("agree:", all(torch.allclose(a, b, rtol=1e-5) for a, b in zip(ours.values(
 # "background everywhere". Both box losses, and gradients flow.
 
 # %%
-empty = torch.full_like(gt, -1.0)  # (2, N, 5), padding rows only
-for name, batch_gt in {"one image empty": torch.stack([gt[0], empty[1]]), "all images empty": empty}.items():
-    batch_targets = fcos_build_targets(locations_per_level, strides, batch_gt, center_sampling_radius=1.5)
-    for box_loss in ("giou", "l1"):
-        logits = cls_logits.clone().requires_grad_()
-        losses = fcos_loss(logits, box_deltas, ctr_logits, batch_targets, locations, location_strides, box_loss)
-        sum(losses.values()).backward()
-        print(f"{name:16s} {box_loss:4s}", {k: round(v.item(), 3) for k, v in losses.items()},
-              "| finite:", all(torch.isfinite(v) for v in losses.values()),
-              "| gradient finite:", bool(torch.isfinite(logits.grad).all()))
+with exercise("fcos_loss"):
+    empty = torch.full_like(gt, -1.0)  # (2, N, 5), padding rows only
+    for name, batch_gt in {"one image empty": torch.stack([gt[0], empty[1]]), "all images empty": empty}.items():
+        batch_targets = fcos_build_targets(locations_per_level, strides, batch_gt, center_sampling_radius=1.5)
+        for box_loss in ("giou", "l1"):
+            logits = cls_logits.clone().requires_grad_()
+            losses = fcos_loss(logits, box_deltas, ctr_logits, batch_targets, locations, location_strides, box_loss)
+            sum(losses.values()).backward()
+            print(f"{name:16s} {box_loss:4s}", {k: round(v.item(), 3) for k, v in losses.items()},
+                  "| finite:", all(torch.isfinite(v) for v in losses.values()),
+                  "| gradient finite:", bool(torch.isfinite(logits.grad).all()))
+            assert all(torch.isfinite(v) for v in losses.values()) and torch.isfinite(logits.grad).all(), (
+                f"{name}, {box_loss}: a loss or its gradient is not finite (divide by max(1, count))")
+            if name == "all images empty":
+                assert losses["loss_box"] == 0 and losses["loss_ctr"] == 0, (
+                    f"{box_loss}: without foreground the box and centerness losses must be exactly 0")
 
 # %% [markdown]
 # ## The full model
@@ -662,12 +719,15 @@ class FCOS(nn.Module):
                              centerness_on=centerness_on)
         self.strides = dict(self.backbone.strides)  # {"p3": 8, "p4": 16, "p5": 32}
 
-    def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None, check_inputs: bool = True):
+    def forward(self, images: torch.Tensor, gt_boxes: torch.Tensor | None = None, check_inputs: bool = True,
+                sync_foreground: bool = False):
         """Eval mode: FCOSPredictions. Training mode: dict(loss_cls, loss_box, loss_ctr).
 
         gt_boxes (B, N, 5) are checked once here (check_gt_boxes, one host sync), not again in the
         matching or the losses. check_inputs=False skips that check too, for batches checked where
         they were read (fcos_lib.train: VOCDataset and the pre-flight check every box).
+        sync_foreground=True (data-parallel training, chapter 09) normalises the losses by the
+        foreground count of the global batch (losses.global_foreground_count).
         """
         check_images(images)  # chapter 01; the backbone calls it too (shape and dtype only: free)
         if self.training:
@@ -705,7 +765,7 @@ class FCOS(nn.Module):
             targets = fcos_build_targets(locations_per_level, self.strides, gt_boxes.float(),
                                          center_sampling_radius=self.center_sampling_radius, check_inputs=False)
         return fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, self.box_loss,
-                         check_inputs=False)
+                         check_inputs=False, sync_foreground=sync_foreground)
 
 # %% [markdown]
 # Check: a 2-image, non-square 160 x 224 batch. In training mode, three finite scalar losses;
@@ -871,6 +931,27 @@ plt.show()
 first, last = history[0], history[-1]
 print("total: last < 0.5 * first:", last["total"] < 0.5 * first["total"])
 print("every loss fell:", all(last[k] < first[k] for k in ("loss_cls", "loss_box", "loss_ctr")))
+
+# %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **Where the class loss comes from.** For random logits around the prior (`logit(0.01)` plus
+#    noise) and the targets of the batch above, compute the focal loss with `gamma` 0, 1 and 2.
+#    What share of each total comes from the background locations?
+#    *Hint:* sum `sigmoid_focal_loss(...)` over `cls_targets == 0` and `== 1` separately.
+# 2. **Per image or per batch.** Divide each image's summed loss by its own foreground count and
+#    average over the images, on a batch where one image has 2 foreground locations and another
+#    200. How much does one object of each image weigh, compared with the batch count?
+#    *Hint:* pitfall P10; `test_normalised_by_the_batch_foreground_count` in `tests/test_losses.py`.
+# 3. **L1 or GIoU.** A 10 px box and a 100 px box of the same level are each predicted 2 px too
+#    wide on one side. Compute both box losses for each. Which loss says the small box is worse?
+#    *Hint:* `giou_loss` on the two pairs; the L1 loss sees the same `2 / stride` on one side.
+# 4. **A clamp before the loss.** In your exercise notebook, clamp the predicted deltas at 0 in
+#    the L1 branch of `fcos_loss` and grade it. Which test fails, and why would a run with that
+#    clamp keep a wrong side forever?
+#    *Hint:* `python tools/grade.py exercises/07_losses.ipynb`.
 
 # %% [markdown]
 # ## Summary

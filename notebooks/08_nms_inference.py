@@ -62,6 +62,7 @@ import torchvision
 from IPython.display import display
 from torch import nn
 
+from fcos_lib.checks import exercise
 from fcos_lib.drawing import draw_boxes
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.model import FCOS, FCOSPredictions
@@ -179,6 +180,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     _check_nms_inputs(boxes, scores, iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    ### BEGIN SOLUTION
+    ### HINT: a stable descending sort; the (K, K) IoU matrix once, > iou_threshold; keep the first survivor, drop what it overlaps
     order = torch.argsort(scores, descending=True, stable=True)  # (K,) stable: ties keep index order
     overlaps = pairwise_iou(boxes[order], boxes[order]) > iou_threshold  # (K, K) in score order; NaN -> False
     survivors = torch.arange(order.shape[0], device=boxes.device)  # positions in `order` still alive
@@ -188,6 +191,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         keep.append(best)
         survivors = rest[~overlaps[best, rest]]
     return order[torch.stack(keep)]
+    ### END SOLUTION
 
 # %% [markdown]
 # Check: the worked example gives `[3, 0, 2]`; then torchvision agrees on random boxes and
@@ -199,8 +203,10 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 A, B, C, D = [0.0, 0, 10, 10], [1.0, 0, 11, 10], [4.0, 0, 14, 10], [20.0, 20, 30, 30]
 example_boxes, example_scores = torch.tensor([A, B, C, D]), torch.tensor([0.9, 0.8, 0.7, 0.95])
 print("IoU matrix:\n", pairwise_iou(example_boxes, example_boxes).round(decimals=2))
-print("kept:", nms(example_boxes, example_scores, 0.5).tolist(),
-      "| torchvision:", torchvision.ops.nms(example_boxes, example_scores, 0.5).tolist())
+with exercise("nms"):
+    kept = nms(example_boxes, example_scores, 0.5).tolist()
+    print("kept:", kept, "| torchvision:", torchvision.ops.nms(example_boxes, example_scores, 0.5).tolist())
+    assert kept == [3, 0, 2], f"the worked example keeps {kept}, expected [3, 0, 2] (D, A, C: B overlaps A)"
 
 
 # %%
@@ -222,9 +228,12 @@ cases = {
     "one box": (square, torch.tensor([0.3])),
     "5000 boxes": (random_boxes(5000, g, size=1000.0), torch.rand(5000, generator=g)),
 }
-for name, (boxes, scores) in cases.items():
-    ours, theirs = nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5)
-    print(f"{name:38s} kept {len(ours):4d} of {len(boxes):4d} | same as torchvision: {torch.equal(ours, theirs)}")
+with exercise("nms"):
+    for name, (boxes, scores) in cases.items():
+        ours, theirs = nms(boxes, scores, 0.5), torchvision.ops.nms(boxes, scores, 0.5)
+        print(f"{name:38s} kept {len(ours):4d} of {len(boxes):4d} | same as torchvision: {torch.equal(ours, theirs)}")
+        assert torch.equal(ours, theirs), (
+            f"case {name!r}: kept {ours.tolist()[:8]}..., torchvision keeps {theirs.tolist()[:8]}... (indices, best first)")
 
 # %% [markdown]
 # And the inputs NMS refuses, each with one line that names the argument:
@@ -546,6 +555,8 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
     cls_logits, box_deltas, ctr_logits = predictions.cls_logits, predictions.box_deltas, predictions.ctr_logits
     B, L, C = cls_logits.shape
     image_sizes = _image_sizes_or_input(image_sizes, B, predictions.image_size)
+    ### BEGIN SOLUTION
+    ### HINT: follow the list above: new tensors only; clip to each image before picking; NMS per image (batched_nms)
     # New tensors, never sigmoid_(): the caller's predictions stay logits (pitfall P12, docs/pitfalls.md).
     scores = torch.sigmoid(cls_logits.float())  # (B, L, C)
     if use_centerness:
@@ -581,6 +592,7 @@ def fcos_postprocess(predictions, score_thresh: float = 0.05, nms_thresh: float 
         keep = torchvision.ops.batched_nms(boxes_b, scores_b, labels_b, nms_thresh)[:max_detections]
         detections.append({"boxes": boxes_b[keep], "scores": scores_b[keep], "labels": labels_b[keep]})
     return detections
+    ### END SOLUTION
 
 
 def fcos_postprocess_per_image(predictions, score_thresh: float = 0.05, nms_thresh: float = 0.6,
@@ -648,17 +660,22 @@ def same_detections(a: list, b: list, atol: float = 1e-5) -> bool:
 # %%
 torch.manual_seed(0)
 model = FCOS(num_classes=5).eval()
-for batch_size in (1, 5):
-    with torch.no_grad():
-        predictions = model(torch.rand(batch_size, 3, 160, 224))
-    before = [t.clone() for t in predictions[:5]]
-    batched = fcos_postprocess(predictions)
-    looped = fcos_postprocess_per_image(predictions)
-    same = same_detections(batched, looped)
-    unchanged = all(torch.equal(x, y) for x, y in zip(before, predictions[:5]))
-    inside = all(bool(((d["boxes"] >= 0) & (d["boxes"] <= torch.tensor([224, 160, 224, 160]))).all()) for d in batched)
-    print(f"B={batch_size}: detections per image {[len(d['boxes']) for d in batched]} | same as the loop: {same} "
-          f"| predictions unchanged: {unchanged} | boxes inside the image: {inside}")
+with exercise("fcos_postprocess"):
+    for batch_size in (1, 5):
+        with torch.no_grad():
+            predictions = model(torch.rand(batch_size, 3, 160, 224))
+        before = [t.clone() for t in predictions[:5]]
+        batched = fcos_postprocess(predictions)
+        looped = fcos_postprocess_per_image(predictions)
+        same = same_detections(batched, looped)
+        unchanged = all(torch.equal(x, y) for x, y in zip(before, predictions[:5]))
+        inside = all(bool(((d["boxes"] >= 0) & (d["boxes"] <= torch.tensor([224, 160, 224, 160]))).all()) for d in batched)
+        print(f"B={batch_size}: detections per image {[len(d['boxes']) for d in batched]} | same as the loop: {same} "
+              f"| predictions unchanged: {unchanged} | boxes inside the image: {inside}")
+        assert unchanged, "the predictions changed: use torch.sigmoid(x), never x.sigmoid_() (pitfall P12)"
+        assert same, (f"B={batch_size}: detections per image {[len(d['boxes']) for d in batched]}, the per-image "
+                      f"loop finds {[len(d['boxes']) for d in looped]} (every image of the batch, its own NMS)")
+        assert inside, "a box reaches outside the 160 x 224 image: clip before NMS"
 
 # %% [markdown]
 # ## From the network's input back to the photo
@@ -981,6 +998,26 @@ checks = {
 for name, ok in checks.items():
     print(f"{name}: {ok}")
 print("detections per image:", [len(d["boxes"]) for d in detections])
+
+# %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **The threshold's edge.** Use `>=` instead of `>` in your `nms` and run the awkward cases.
+#    Which case tells the two apart, and would the choice matter on a real detector's boxes?
+#    *Hint:* "IoU exactly 0.5"; how often is a float IoU exactly the threshold?
+# 2. **One NMS for the whole batch.** Write the post-processing with a single `batched_nms` call
+#    whose group is `image · C + class`. Check that the detections are the same, then time both
+#    for batches of 1, 4 and 16 images.
+#    *Hint:* `same_detections`; NMS compares every pair of boxes within a group.
+# 3. **Top-k and the threshold.** On the untrained model of the check, set `topk_candidates` to 1,
+#    10 and 1000, and `score_thresh` to 0.05 and 0.07. How many detections per image remain, and
+#    which setting decides it?
+#    *Hint:* the untrained scores sit near `sqrt(0.01 · 0.5) ≈ 0.07`.
+# 4. **Centerness in the ranking.** `use_centerness=False` ranks boxes by the class probability
+#    alone. Which boxes move down when centerness is used, and why would that matter more for
+#    mAP@[.5:.95] than for mAP@0.5? After chapter 09, measure it on your own trained model.
 
 # %% [markdown]
 # ## Summary

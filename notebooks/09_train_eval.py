@@ -381,6 +381,8 @@ from fcos_lib.checkpoint import CheckpointError, build_model, load_checkpoint, r
 from fcos_lib.config import TrainConfig, config_differences, resolve_device
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.distributed import (World, barrier, check_global_batch, current_world, data_parallel, mean_losses_and_stop,
+                                  process_device, run_on_main, with_sync_batchnorm)
 from fcos_lib.model import check_finite_losses
 from fcos_lib.voc import DatasetError, grouped_error, read_class_names
 
@@ -390,13 +392,19 @@ class IterationBatchSampler(Sampler):
 
     The stream of indices is epoch 0's permutation, then epoch 1's, ...; each permutation is drawn
     from a generator seeded with `seed + epoch`, so any batch can be rebuilt after a restart.
+    With `world_size` W > 1 (data-parallel training) `batch_size` is the global batch, and process
+    `rank` gets its contiguous slice of it, batch_size / W images: the global batches are the same
+    whatever W.
     """
 
-    def __init__(self, num_images: int, batch_size: int, num_iters: int, start_iter: int = 0, seed: int = 0):
+    def __init__(self, num_images: int, batch_size: int, num_iters: int, start_iter: int = 0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         if num_images < 1:
             raise DatasetError("the training split has no images")
+        check_global_batch(batch_size, world_size)
         self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
         self.start_iter, self.num_iters = start_iter, num_iters
+        self.rank, self.world_size = rank, world_size
         self._perms: dict[int, torch.Tensor] = {}
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -410,8 +418,9 @@ class IterationBatchSampler(Sampler):
         return [int(self._permutation(p // self.num_images)[p % self.num_images]) for p in positions]
 
     def __iter__(self):
+        part = self.batch_size // self.world_size  # images per process
         for i in range(self.start_iter, self.num_iters):
-            yield self.batch(i)
+            yield self.batch(i)[self.rank * part:(self.rank + 1) * part]
 
     def __len__(self) -> int:
         return max(0, self.num_iters - self.start_iter)
@@ -440,7 +449,8 @@ print("resumed at batch 3 matches:", list(IterationBatchSampler(10, 4, 5, start_
 # %%
 #| export
 def random_horizontal_flip(
-    images: torch.Tensor, gt_boxes: torch.Tensor, generator: torch.Generator, p: float = 0.5
+    images: torch.Tensor, gt_boxes: torch.Tensor, generator: torch.Generator, p: float = 0.5,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip each image of the batch left-right with probability p, boxes with it.
 
@@ -448,12 +458,17 @@ def random_horizontal_flip(
         images: (B, 3, H, W).
         gt_boxes: (B, N, 5) rows (x1, y1, x2, y2, c), padding rows -1.
         generator: a CPU torch.Generator (its state is part of the checkpoint).
+        shard: (rank, W) in data-parallel training, where this batch is slice `rank` of a global
+            batch of B * W images: the draws are made for the global batch (the same on every
+            process) and this process keeps its B, so the flips do not depend on W.
     Returns:
         New (images, gt_boxes); the inputs are not modified.
     """
     B, N, _ = gt_boxes.shape
     H, W = images.shape[-2:]
-    flip = (torch.rand(B, generator=generator) < p).to(images.device)  # (B,)
+    rank, world_size = shard
+    draws = torch.rand(B * world_size, generator=generator)  # (B * world_size,) one per image of the global batch
+    flip = (draws < p)[rank * B:(rank + 1) * B].to(images.device)  # (B,)
     # torchvision's flip for the pixels and the boxes, the one VOCDataset(augment=True) uses too.
     images = torch.where(flip[:, None, None, None], F.horizontal_flip(images), images)
     mirrored = F.horizontal_flip_bounding_boxes(
@@ -469,7 +484,8 @@ def random_rescale(images: torch.Tensor, gt_boxes: torch.Tensor, scale_range: tu
 
     Each side becomes round(side * s / multiple) * multiple (at least `multiple`), so the FPN's
     strides still divide it; boxes are scaled with the pixels, padding rows stay -1. One factor
-    per batch keeps the batch one tensor, on any device.
+    per batch keeps the batch one tensor, on any device (and, in data-parallel training, the same
+    on every process: their generators advance alike).
 
     Args:
         images: (B, 3, H, W) float.
@@ -948,6 +964,7 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     overwrite: bool = False,
+    sync_bn: bool = False,
 ) -> dict:
     """Train FCOS as `cfg` says; return the final checkpoint state (also saved to `cfg.out`/last.pt).
 
@@ -959,21 +976,38 @@ def train(
         stop_after: stop (and checkpoint) after this many iterations of *this call*, as if
             interrupted; used to test that resuming continues exactly.
         overwrite: replace the run already in `cfg.out` (without it, a new run there is refused).
+        sync_bn: BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only), in
+            data-parallel training.
 
     Checkpoints are written every `cfg.checkpoint_every` iterations, at least every
     `cfg.checkpoint_minutes`, at the end, and when the run stops early: Ctrl-C or SIGTERM (after
     the current iteration, then TrainingInterrupted), or an error (the last finished iteration is
     saved, then the error is raised). A run that stops before its first iteration writes nothing.
+
+    Started by torchrun (fcos_lib.distributed.join_process_group), every process calls train: it
+    trains on its slice of each global batch of cfg.batch_size, and process 0 alone checks and
+    locks the run folder and writes the checkpoints. Every process returns the final state.
     """
-    device = resolve_device(cfg.device)
+    world = current_world()
+    device = process_device(resolve_device(cfg.device), world)
+    check_global_batch(cfg.batch_size, world.size)
     out = Path(cfg.out)
-    check_run_folder(out, resume, overwrite)
-    with run_folder_lock(out):
-        return _train_locked(cfg, device, out, resume, progress, stop_after)
+    with contextlib.ExitStack() as held:
+        def claim_run_folder():
+            check_run_folder(out, resume, overwrite)
+            held.enter_context(run_folder_lock(out))
+            if world.size > 1:
+                resolve_data(cfg)  # the course dataset is generated once, here, not by every process
+
+        run_on_main(world, claim_run_folder)  # the other processes wait, and stop if it fails
+        state = _train_locked(cfg, device, out, resume, progress, stop_after, world, sync_bn)
+    barrier(world)  # process 0 has written last.pt when any process returns
+    return state
 
 
 def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: bool, progress: bool,
-                  stop_after: int | None) -> dict:
+                  stop_after: int | None, world: World, sync_bn: bool) -> dict:
+    progress = progress and world.is_main  # one progress bar per run
     root, class_names = resolve_data(cfg)
     dataset = VOCDataset(root, cfg.train_split, class_names=class_names, image_size=cfg.image_size,
                          in_memory=cfg.in_memory, skip_bad_boxes=cfg.skip_bad_boxes, progress=progress)
@@ -981,6 +1015,8 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(class_names)).to(device)
+    if sync_bn:
+        model = with_sync_batchnorm(model, device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     scaler = make_grad_scaler(device, cfg.amp)
@@ -1010,12 +1046,18 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
             "config": dataclasses.asdict(cfg), "class_names": class_names, "data_fingerprint": fingerprint,
             "rng": {"flip": flip_state, "torch": torch.get_rng_state()},
         }
-        save_checkpoint(out / "last.pt", full)
+        if world.is_main:  # every process holds the same state; one writes it
+            save_checkpoint(out / "last.pt", full)
         return full
 
     start = state["iteration"]
     end = cfg.iters if stop_after is None else min(cfg.iters, start + stop_after)
-    sampler = IterationBatchSampler(len(dataset), cfg.batch_size, end, start_iter=start, seed=cfg.seed)
+    sampler = IterationBatchSampler(len(dataset), cfg.batch_size, end, start_iter=start, seed=cfg.seed,
+                                    rank=world.rank, world_size=world.size)
+    # Several processes: DDP averages the gradients, the losses are normalised by the global batch's
+    # foreground count (chapter 07's global_foreground_count), and the flips are drawn for the global batch.
+    net = data_parallel(model, device, world)
+    loss_options = {"sync_foreground": True} if world.size > 1 else {}
     model.train()
     bar = tqdm(total=cfg.iters, initial=start, desc="train", disable=not progress)
     tic = last_save = time.perf_counter()
@@ -1039,15 +1081,19 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
         try:
             for images, gt_boxes, _ in _make_loader(dataset, sampler, cfg, device):
                 if cfg.hflip:
-                    images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator)
+                    images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator,
+                                                              shard=(world.rank, world.size))
                 images = images.to(device, non_blocking=True)
                 gt_boxes = gt_boxes.to(device, non_blocking=True)
                 if cfg.scale_jitter is not None:
                     images, gt_boxes = random_rescale(images, gt_boxes, cfg.scale_jitter, flip_generator)
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                     # check_inputs=False: every box was checked where it was read (VOCDataset, preflight).
-                    losses = model(images, gt_boxes, check_inputs=False)
-                check_finite_losses(losses)  # the step's one host sync: a NaN never reaches the weights
+                    losses = net(images, gt_boxes, check_inputs=False, **loss_options)
+                logged, stop_now = losses, None
+                if world.size > 1:  # the global batch's losses, and whether any process was signalled
+                    logged, stop_now = mean_losses_and_stop(losses, stop["signum"] is not None)
+                check_finite_losses(logged)  # the step's one host sync: a NaN never reaches the weights
                 loss = sum(losses.values())
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -1061,14 +1107,17 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                     ema_update(ema, model, ema_decay_at(state["iteration"], cfg.ema_decay))
 
                 state["iteration"] += 1
-                state["train_images"] += images.shape[0]
+                state["train_images"] += images.shape[0] * world.size
                 flip_state = flip_generator.get_state()
-                pending.append((state["iteration"], torch.stack([losses[k].detach().float() for k in LOSS_NAMES]),
+                pending.append((state["iteration"], torch.stack([logged[k].detach().float() for k in LOSS_NAMES]),
                                 optimizer.param_groups[0]["lr"]))
                 if len(pending) == LOG_EVERY:
                     flush_history()
                 bar.update(1)
-                if stop["signum"] is not None:
+                if stop_now is None:  # one process: its own signal
+                    stop_now = stop["signum"] is not None
+                if stop_now:  # several: all stop after the iteration whose all_reduce saw a signal
+                    stop["signum"] = stop["signum"] or signal.SIGTERM  # for a process not signalled itself
                     break
                 if (state["iteration"] % cfg.checkpoint_every == 0
                         or time.perf_counter() - last_save >= 60 * cfg.checkpoint_minutes):
@@ -1088,6 +1137,72 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
             raise TrainingInterrupted(stop["signum"], state["iteration"], out / "last.pt")
     return final if final is not None else load_checkpoint(out / "last.pt")  # nothing was left to do
 
+
+# %% [markdown]
+# ## When one GPU is not enough
+#
+# `torchrun` starts one process per GPU, and `python -m fcos_lib train` recognises it by the
+# variables torchrun sets (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`; without them nothing changes): each
+# process joins one process group (NCCL on CUDA, gloo on the CPU), takes `cuda:LOCAL_RANK`, and the
+# model is wrapped in `DistributedDataParallel` (DDP), which averages the gradients in `backward()`.
+# The plumbing is `fcos_lib/distributed.py`; the loop above is the same loop.
+#
+# ```bash
+# # one machine, 4 GPUs: a global batch of 64 (16 per GPU), the learning rate scaled with it
+# torchrun --nproc_per_node=4 -m fcos_lib train --data VOCdevkit/VOC2007 --pretrained \
+#     --batch-size 64 --lr 0.04 --device cuda --out runs/voc4
+# # two machines with 4 GPUs each: the same command on both, --node_rank 0 on the machine HOST
+# torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 --rdzv_endpoint=HOST:29500 -m fcos_lib train ...
+# torchrun --nnodes=2 --node_rank=1 --nproc_per_node=4 --rdzv_endpoint=HOST:29500 -m fcos_lib train ...
+# # later, on any number of GPUs that divides the batch: continue the run
+# torchrun --nproc_per_node=8 -m fcos_lib train --out runs/voc4 --resume
+# ```
+#
+# What each piece does, and why the result does not depend on the number of processes W:
+#
+# - **The batches.** `--batch-size` is the *global* batch. Process r takes its contiguous slice
+#   of the batch one process would take (`IterationBatchSampler(..., rank, world_size)`), so batch
+#   i is the same images whatever W, and a run resumes on another number of GPUs. The batch must
+#   split evenly: 16 images on 3 GPUs is refused with a line that says so.
+# - **The random draws.** The flips are drawn for the whole global batch on every process, each
+#   keeping its slice (`random_horizontal_flip(..., shard=(rank, W))`), and scale jitter draws one
+#   factor per batch: the flip generator advances alike everywhere, so its checkpointed state does
+#   not depend on W either.
+# - **The loss normalisation (the classic pitfall).** FCOS divides each loss by the batch's number
+#   of foreground locations (chapter 07). Divided by its own slice's count, each process would
+#   weight its objects by 1 / (its count), and DDP's mean of those is not the loss of the batch: a
+#   different model per W. Each process divides by the *global* count instead (one `all_reduce`),
+#   over W, which DDP's mean cancels (`fcos_lib.losses.global_foreground_count` works it through).
+#   The history records the mean over processes: the loss of the global batch.
+# - **The learning rate.** `--lr` is the rate for `--batch-size` global images, so more GPUs at the
+#   same batch size need no change. Raising `--batch-size` to fill more GPUs (the usual reason for
+#   them) needs `--lr` raised in proportion, the linear scaling rule of Goyal et al. (2017):
+#   torchvision's detection reference uses 0.01 per 16 images when fine-tuning from ImageNet, so
+#   0.04 for 64 above. FCOS is sensitive to it: too low and a short schedule ends under-trained, too
+#   high and the first iterations diverge (the finite-loss check then stops the run with a NaN). Keep
+#   the warm-up, which is what makes the large rates usable (Goyal et al.'s gradual warm-up).
+# - **BatchNorm.** With `--pretrained` the trunk's BatchNorm is frozen: nothing depends on the
+#   batch, and the head's GroupNorm works per image. From scratch the trunk's BatchNorm normalises
+#   each GPU's slice (16 images above, not 64): `--sync-bn` (SyncBatchNorm, CUDA only) computes the
+#   statistics over the global batch instead, at the price of a communication per layer.
+# - **One process writes.** Process 0 alone checks and locks the run folder, runs the pre-flight
+#   check, writes the checkpoints, the history and the run report; the others wait for it, and
+#   stop if it fails. Ctrl-C or SIGTERM: the stop request travels with the losses' `all_reduce`, so
+#   every process stops after the same iteration and process 0 saves it; `--resume` continues. An
+#   error in one process makes torchrun stop the others; the last checkpoint stands.
+# - **Evaluation after training** is shared out: process r detects images r, r + W, ..., process 0
+#   gathers the detections in order and scores them, the same figures as one process's.
+# - **Several machines** need `--data` and `--out` at the same path on each (a shared file system):
+#   every process reads the data, and every process resumes from the same `last.pt`.
+#
+# What is exact: with frozen BatchNorm (`--pretrained`) or `--sync-bn`, W processes train the model
+# one process trains on the same global batches, up to float rounding; a run stopped and resumed
+# on the same W continues bit for bit. `tests/test_distributed.py` checks both on the CPU with two
+# gloo processes (W = 2 against W = 1 after 3 steps: weights within 1.5e-8, where dividing each
+# slice by its own count moves them by 1e-4). What is not: from scratch without `--sync-bn` the
+# BatchNorm statistics depend on W; and on GPUs, reductions in another order (NCCL, cuDNN) and
+# mixed precision make runs agree to rounding, not to the bit. With `--in-memory` each process
+# keeps its own copy of the decoded images. Images/s per GPU: not measured here (no GPU machine).
 
 # %% [markdown]
 # ## Run it
@@ -1156,6 +1271,7 @@ from fcos_lib import __version__
 from fcos_lib.checkpoint import model_from_checkpoint
 from fcos_lib.config import TrainConfig, resolve_device
 from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.distributed import current_world, evaluate_sharded, process_device
 from fcos_lib.drawing import draw_boxes
 from fcos_lib.inference import detect
 from fcos_lib.train import resolve_data
@@ -1711,7 +1827,10 @@ print("101-point mean of the same envelope = 253/303:", abs(coco_ap50 - 253 / 30
 # %%
 #| export evaluate
 def _map_metric(**kwargs) -> MeanAveragePrecision:
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval", **kwargs)
+    # sync_on_compute=False: score the detections given, never gather other processes' (in a
+    # data-parallel run fcos_lib.distributed gathers them first, and only process 0 scores).
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="faster_coco_eval",
+                                sync_on_compute=False, **kwargs)
 
 
 @torch.no_grad()
@@ -1924,12 +2043,13 @@ def scalar_metrics(metrics: dict, **extra) -> dict:
     return {**{k: metrics[k] for k in keep}, **extra}
 
 
-def write_run_report(cfg: TrainConfig, state: dict, progress: bool = False) -> dict:
+def write_run_report(cfg: TrainConfig, state: dict, progress: bool = False) -> dict | None:
     """Evaluate the run's model on `cfg.val_split`; write metrics.json, loss_curve.png, detections.png.
 
     metrics.json holds the four mAP figures (null when the split has no ground truth), the
     per-class APs, and what produced them: data folder, split, image size, iterations, training
-    speed, fcos_lib version and the date.
+    speed, fcos_lib version and the date. In a run of several processes (torchrun) each evaluates
+    its share of the images, and process 0 scores them all and writes the files; the others return None.
     """
     import matplotlib
 
@@ -1938,11 +2058,17 @@ def write_run_report(cfg: TrainConfig, state: dict, progress: bool = False) -> d
     from fcos_lib.evaluate import evaluate
 
     out = Path(cfg.out)
-    device = resolve_device(cfg.device)
+    world = current_world()
+    device = process_device(resolve_device(cfg.device), world)
     model, _ = model_from_checkpoint(out / "last.pt", device)
     root, class_names = resolve_data(cfg)
     val_set = VOCDataset(root, cfg.val_split, class_names=class_names, image_size=cfg.image_size)
-    metrics = evaluate(model, val_set, device=device, progress=progress)
+    if world.size == 1:
+        metrics = evaluate(model, val_set, device=device, progress=progress)
+    else:
+        metrics = evaluate_sharded(model, val_set, world, device=device, progress=progress and world.is_main)
+        if not world.is_main:
+            return None
     seconds = max(state["train_seconds"], 1e-9)
     report = scalar_metrics(
         metrics, data=str(Path(root).resolve()), split=cfg.val_split, image_size=cfg.image_size, iters=state["iteration"],
@@ -2014,7 +2140,8 @@ else:
 #   `make train`), `voc_recipe()` the PASCAL VOC run, `baseline_recipe()` the seed's. Which one
 #   this chapter trains is the run mode's choice (`fcos_lib.env.run_mode`), printed where it trains.
 # - `train` resumes bit for bit: a seeded, resumable batch order, flips drawn per batch, and
-#   checkpoints written whole (`fcos_lib.train`, `fcos_lib.checkpoint`).
+#   checkpoints written whole (`fcos_lib.train`, `fcos_lib.checkpoint`). Under `torchrun` it trains
+#   on several GPUs the run one process would train, given the global batch's loss normalisation.
 # - `evaluate` gives four figures from the same detections: VOC07 11-point and all-point mAP@0.5
 #   written by hand here, COCO-style AP50 and mAP@[.5:.95] from torchmetrics (`fcos_lib.evaluate`).
 #   Centerness in the score is worth measuring, and is measured above on the same model.

@@ -2,7 +2,8 @@
 
 - every notebooks/NN_*.ipynb has its py:percent twin and the two hold the same cells;
 - fcos_lib/ equals a fresh export of the notebooks' `#| export` cells;
-- every Colab badge and install cell follows [tool.fcos-course] in pyproject.toml (tools/colab.py).
+- every Colab badge and install cell follows [tool.fcos-course] in pyproject.toml (tools/colab.py),
+  in the chapters and in the exercise notebooks (exercises/, tests/test_exercises.py).
 """
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 SCRIPTS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+EXERCISES = sorted((ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
 
 
 def test_every_notebook_has_its_script_and_back():
@@ -52,6 +54,7 @@ def test_a_fork_changes_one_definition_and_make_colab_rewrites_everything(tmp_pa
     for name in ("README.md", "pyproject.toml", "jupytext.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks", ignore=shutil.ignore_patterns("runs", ".ipynb_checkpoints"))
+    shutil.copytree(ROOT / "exercises", tmp_path / "exercises", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(pyproject.read_text()
                          .replace('repository = "fcos-course/fcos-from-scratch"', 'repository = "a-learner/fcos-fork"')
@@ -64,10 +67,13 @@ def test_a_fork_changes_one_definition_and_make_colab_rewrites_everything(tmp_pa
     subprocess.run(check[:-1], check=True, capture_output=True)
     assert subprocess.run(check, capture_output=True, text=True).stdout == ""
     texts = [(tmp_path / "README.md").read_text()] + [p.read_text() for p in (tmp_path / "notebooks").glob("[0-9]*_*.*")]
+    texts += [p.read_text() for p in (tmp_path / "exercises").glob("[0-9]*_*.ipynb")]
     assert not any("fcos-course/fcos-from-scratch" in text for text in texts)
     assert "(edited)" in script.read_text() and "(edited)" in script.with_suffix(".ipynb").read_text()
-    assert sum(text.count("github.com/a-learner/fcos-fork@fork-v") for text in texts) == 2 * len(NOTEBOOKS)
-    assert sum(text.count("github/a-learner/fcos-fork/blob/fork-v") for text in texts) == 3 * len(NOTEBOOKS)
+    # Install cells: each chapter's .ipynb and .py, each exercise notebook. Badges: those three
+    # files' titles where they exist, and the README's tables (chapters and exercises).
+    assert sum(text.count("github.com/a-learner/fcos-fork@fork-v") for text in texts) == 2 * len(NOTEBOOKS) + len(EXERCISES)
+    assert sum(text.count("github/a-learner/fcos-fork/blob/fork-v") for text in texts) == 3 * len(NOTEBOOKS) + 2 * len(EXERCISES)
 
 
 def test_a_failed_colab_install_says_what_to_do(monkeypatch, capsys):

@@ -130,6 +130,18 @@ def test_l1_box_loss_by_hand():
     assert loss.item() == pytest.approx(0.25 / foreground.sum().item())
 
 
+def test_l1_box_loss_pulls_a_negative_delta_back():
+    # One foreground location predicts its left side at -1 stride (target > 0). The L1 loss must
+    # count that error and push the side up: a clamp at 0 (or a ReLU) before the loss would cut
+    # the gradient (pitfalls P5, P7), so the side could never come back.
+    cls_logits, box_deltas, ctr_logits, targets, locations, strides = batch_setup(GT)
+    b, l = (targets.matched_boxes[..., 4] >= 0).nonzero()[0].tolist()
+    box_deltas[b, l, 0] = -1.0
+    box_deltas.requires_grad_()
+    fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, "l1")["loss_box"].backward()
+    assert box_deltas.grad[b, l, 0] < 0  # raising the side lowers the loss
+
+
 @pytest.mark.parametrize("box_loss", ["giou", "l1"])
 def test_batches_without_objects(box_loss):
     empty = torch.full_like(GT[1:], -1.0)

@@ -10,7 +10,9 @@ A fork changes those two lines and runs this script (`make colab`). It rewrites
 
 - the badge under each notebook's title, and the chapter table's badges in README.md;
 - the first code cell of each notebook, which installs fcos_lib on Colab (in both the .ipynb
-  and its py:percent twin; stored outputs are kept).
+  and its py:percent twin; stored outputs are kept);
+- the same badge (pointing at exercises/) and install cell in each exercise notebook
+  (exercises/*.ipynb, written by tools/exercises.py), and their badges in README.md.
 
     python tools/colab.py            # rewrite
     python tools/colab.py --check    # exit 1 and list what disagrees (tests/test_course_sync.py)
@@ -41,12 +43,12 @@ def course_source(root: Path = ROOT) -> tuple[str, str]:
     return values["repository"], values["ref"]
 
 
-def colab_url(repository: str, ref: str, notebook: str) -> str:
-    return f"https://colab.research.google.com/github/{repository}/blob/{ref}/notebooks/{notebook}"
+def colab_url(repository: str, ref: str, notebook: str, folder: str = "notebooks") -> str:
+    return f"https://colab.research.google.com/github/{repository}/blob/{ref}/{folder}/{notebook}"
 
 
-def badge(repository: str, ref: str, notebook: str) -> str:
-    return f"[![Open In Colab]({BADGE_SVG})]({colab_url(repository, ref, notebook)})"
+def badge(repository: str, ref: str, notebook: str, folder: str = "notebooks") -> str:
+    return f"[![Open In Colab]({BADGE_SVG})]({colab_url(repository, ref, notebook, folder)})"
 
 
 def install_cell(repository: str, ref: str) -> str:
@@ -76,22 +78,27 @@ def _with_badge(title_cell: str, expected: str) -> str:
     return f"{head}\n\n{expected}\n{rest}" if rest else f"{head}\n\n{expected}"
 
 
-def rewrite_notebook(ipynb: Path, repository: str, ref: str) -> nbformat.NotebookNode:
-    """The notebook with its title badge and install cell written from the definition."""
-    nb = nbformat.read(ipynb, as_version=4)
+def with_badge_and_install_cell(nb: nbformat.NotebookNode, repository: str, ref: str, name: str,
+                                folder: str = "notebooks") -> nbformat.NotebookNode:
+    """nb (changed in place) with its title badge and install cell written from the definition."""
     title = next(c for c in nb.cells if c.cell_type == "markdown")
-    title.source = _with_badge(title.source, badge(repository, ref, ipynb.name))
+    title.source = _with_badge(title.source, badge(repository, ref, name, folder))
     code = next(c for c in nb.cells if c.cell_type == "code")
     if not code.source.startswith(INSTALL_FIRST_LINE):
-        raise SystemExit(f"{ipynb.name}: the first code cell must be the Colab install cell")
+        raise SystemExit(f"{folder}/{name}: the first code cell must be the Colab install cell")
     code.source = install_cell(repository, ref)
     return nb
 
 
+def rewrite_notebook(ipynb: Path, repository: str, ref: str, folder: str = "notebooks") -> nbformat.NotebookNode:
+    """The notebook with its title badge and install cell written from the definition."""
+    return with_badge_and_install_cell(nbformat.read(ipynb, as_version=4), repository, ref, ipynb.name, folder)
+
+
 def rewrite_readme(text: str, repository: str, ref: str) -> str:
     def one(match: re.Match) -> str:
-        notebook = re.search(r"/notebooks/([^/)]+\.ipynb)\)$", match.group(0))
-        return badge(repository, ref, notebook.group(1)) if notebook else match.group(0)
+        notebook = re.search(r"/(notebooks|exercises)/([^/)]+\.ipynb)\)$", match.group(0))
+        return badge(repository, ref, notebook.group(2), notebook.group(1)) if notebook else match.group(0)
 
     return BADGE_RE.sub(one, text)
 
@@ -107,8 +114,13 @@ def problems(root: Path = ROOT) -> list[str]:
         script = ipynb.with_suffix(".py").read_text()
         if install_cell(repository, ref) not in script or badge(repository, ref, ipynb.name) not in script:
             found.append(f"{ipynb.with_suffix('.py').relative_to(root)}: badge or install cell differs from [tool.fcos-course]")
+    exercises = sorted((root / "exercises").glob("[0-9][0-9]_*.ipynb"))
+    for ipynb in exercises:
+        if nbformat.read(ipynb, as_version=4) != rewrite_notebook(ipynb, repository, ref, "exercises"):
+            found.append(f"{ipynb.relative_to(root)}: badge or install cell differs from [tool.fcos-course]")
     readme = (root / "README.md").read_text()
     missing = [nb.name for nb in notebooks if badge(repository, ref, nb.name) not in readme]
+    missing += [f"exercises/{nb.name}" for nb in exercises if badge(repository, ref, nb.name, "exercises") not in readme]
     if rewrite_readme(readme, repository, ref) != readme or missing:
         found.append(f"README.md: Colab badges differ from [tool.fcos-course] (or are missing for {missing})")
     return found
@@ -131,6 +143,11 @@ def rewrite(root: Path = ROOT) -> list[Path]:
             # The py:percent twin follows the notebook (jupytext keeps it cell for cell).
             subprocess.run([sys.executable, "-m", "jupytext", "--to", "py:percent", "--output",
                             str(ipynb.with_suffix(".py")), str(ipynb)], cwd=root, check=True, capture_output=True)
+            changed.append(ipynb)
+    for ipynb in sorted((root / "exercises").glob("[0-9][0-9]_*.ipynb")):
+        nb = rewrite_notebook(ipynb, repository, ref, "exercises")  # exercises have no .py twin
+        if nb != nbformat.read(ipynb, as_version=4):
+            nbformat.write(nb, ipynb)
             changed.append(ipynb)
     readme = root / "README.md"
     text = readme.read_text()
