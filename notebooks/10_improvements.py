@@ -993,7 +993,57 @@ for row in ABLATION_ROWS:
         print(f"{row:24s} {v[0]:6s} vs {reference_of(row):15s} " + ", ".join(f"{x:+.3f}" for x in v[1]))
 
 # %% [markdown]
-# (to be written)
+# What the stored table says (screen budget: 300 iterations of 8 images at 160 px, about four
+# passes over the 600 training images, two seeds):
+#
+# - **Every figure is small** (mAP@0.5 at most 0.05). The screen ranks recipes; it does not say
+#   how good a trained detector is.
+# - **The seed's baseline barely learns in this budget** (0.001 on `signs`, 0.009 on `tiles`). Of
+#   the six changes added to it one at a time, only **GroupNorm** moves it (0.026, 0.028): without
+#   a normalisation in the head, nothing else gets the chance to matter so early. The other five
+#   stay within 0.01 of zero, where two seeds cannot separate them: a "wins" below for a row whose
+#   mean moved by 0.001-0.003 is noise, not evidence.
+# - **Together** the six changes reach 0.028 and 0.030, and the course's optimiser on top of them
+#   (lr 0.02, warm-up, cosine, clipping: the course default) 0.028 and 0.035.
+# - **On top of the default, no lever wins on both datasets.** ATSS gains on `signs` and loses on
+#   `tiles`; the EMA, the wider FPN and head, and half the learning rate are within the seed range;
+#   scale jitter loses on `tiles`; twice the learning rate and dropping the flips lose a little on
+#   both. So the default recipe stays as it was: the rule is "wins on every held-out dataset", and
+#   none did.
+# - **The peer** (torchvision's FCOS) is ahead on `signs` (0.040 against 0.028) and level on
+#   `tiles` (0.034 against 0.035). The course model trained with the peer's optimiser and data
+#   (lr 0.01 constant, weight decay on norms, no flips) reaches 0.037 on `signs`, but its two seeds
+#   span 0.023 to 0.052, and it loses on `tiles`: the training recipe may explain part of the gap on
+#   `signs`, and this budget cannot say how much. The model-side differences (the letterbox, the
+#   normalisation, BatchNorm, the GIoU weighting) are not measured here yet.
+
+# %% [markdown]
+# ## The whole recipe against the peer, at the full budget
+#
+# The screen budget ranks changes; the question a user asks is answered at the budget they
+# run: `python -m fcos_lib train --iters 828 --batch-size 16 --image-size 224` against
+# torchvision's FCOS with the same iterations, batch and input size. The ratio is
+# fcos_lib's mean mAP@0.5 over the seeds divided by the peer's; the issue's goal is 1.5x on
+# every held-out dataset.
+
+# %%
+def peer_ratio(budget):
+    """Print, per dataset, the course default and the peer at one budget; return the ratios."""
+    ratios = {}
+    for dataset in HELD_OUT_CLASSES:
+        ours, peer = row_scores("course default", dataset, budget), row_scores("torchvision FCOS", dataset, budget)
+        if len(ours) < len(SEEDS) or len(peer) < len(SEEDS):
+            print(f"{dataset:6s} not measured at the {budget} budget")
+            continue
+        ratios[dataset] = mean(ours) / mean(peer)
+        print(f"{dataset:6s} fcos_lib {mean(ours):.3f} ({min(ours):.3f}-{max(ours):.3f}), torchvision FCOS "
+              f"{mean(peer):.3f} ({min(peer):.3f}-{max(peer):.3f}): {ratios[dataset]:.2f}x")
+    return ratios
+
+
+for budget in ("screen", "full"):
+    print(f"budget {budget} {BUDGETS[budget]}, {len(SEEDS)} seeds")
+    peer_ratio(budget)
 
 # %% [markdown]
 # ## Re-run one row
@@ -1009,13 +1059,14 @@ smoke_key = "course default | signs | seed 0 | smoke"
 stored = results.get(smoke_key)
 with tempfile.TemporaryDirectory() as out:
     rerun = run_fcos_row("course default", "smoke", make_held_out_dataset("signs"), seed=0, out=out)
-print(f"re-run: final loss {rerun['final_loss']:.4f}, mAP@0.5 {rerun['map50']:.3f}")
+# The re-run's own figures are not printed: their last digits depend on the thread count.
 if stored is None:
     print("no stored smoke row yet: run `make ablations` to write it")
 else:
     print(f"stored: final loss {stored['final_loss']:.4f}, mAP@0.5 {stored['map50']:.3f}")
-    assert abs(rerun["final_loss"] - stored["final_loss"]) <= 0.01 * stored["final_loss"], "the re-run differs"
-    print("same run: the final losses agree within 1 %")
+    gap = abs(rerun["final_loss"] - stored["final_loss"]) / stored["final_loss"]
+    assert gap <= 0.01, f"the re-run's final loss differs from the stored one by {gap:.1%}"
+    print("re-run: the same final loss within 1 %")
 
 # %% [markdown]
 # ## Pitfalls
@@ -1037,4 +1088,15 @@ else:
 # %% [markdown]
 # ## Summary
 #
-# (to be written)
+# - A design choice is measured, not argued: one change at a time against a fixed reference, on
+#   data the recipe was not chosen on, with several seeds and the spread shown.
+# - At a short budget from scratch, **GroupNorm in the head** is what lets the seed's recipe learn
+#   at all; the other changes of chapters 02-09 show their worth only together, on a recipe that
+#   trains.
+# - ATSS, an EMA of the weights, scale jitter, a wider head and other learning rates did not win on
+#   both held-out datasets at the screen budget, so none became a default.
+# - torchvision's FCOS is level with the course's recipe on one dataset and ahead on the other at
+#   this budget; the full-budget comparison (828 iterations, batch 16, 224 px) is `make ablations`
+#   (its `full` rows) and `make bench-torchvision`.
+# - `bench/results/ablations.json` holds every run; `make ablations` re-runs what is missing and
+#   re-executes this chapter.
