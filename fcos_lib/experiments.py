@@ -119,10 +119,10 @@ def run_fcos_row(row: str, budget: str, data, seed: int, out) -> dict:
     val = VOCDataset(data, "val", class_names=list(cfg.classes), image_size=cfg.image_size, in_memory=True)
     with_ctr = evaluate(model, val)
     without_ctr = evaluate(model, val, use_centerness=False)
-    last = state["history"][-10:]  # the total loss over the last ten iterations: a run's fingerprint
-    final_loss = sum(h["loss_cls"] + h["loss_box"] + h["loss_ctr"] for h in last) / len(last)
+    total = [h["loss_cls"] + h["loss_box"] + h["loss_ctr"] for h in state["history"]]  # one per iteration
+    final_loss = sum(total[-10:]) / len(total[-10:])  # the mean over the last ten iterations
     return {**_scores(with_ctr), "map50_no_centerness": without_ctr["map50"], "final_loss": final_loss,
-            "train_images_per_s": state["train_images"] / state["train_seconds"]}
+            "first_loss": total[0], "train_images_per_s": state["train_images"] / state["train_seconds"]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -793,10 +793,10 @@ def run_fcos_row(row: str, budget: str, data, seed: int, out) -> dict:
     val = VOCDataset(data, "val", class_names=list(cfg.classes), image_size=cfg.image_size, in_memory=True)
     with_ctr = evaluate(model, val)
     without_ctr = evaluate(model, val, use_centerness=False)
-    last = state["history"][-10:]  # the total loss over the last ten iterations: a run's fingerprint
-    final_loss = sum(h["loss_cls"] + h["loss_box"] + h["loss_ctr"] for h in last) / len(last)
+    total = [h["loss_cls"] + h["loss_box"] + h["loss_ctr"] for h in state["history"]]  # one per iteration
+    final_loss = sum(total[-10:]) / len(total[-10:])  # the mean over the last ten iterations
     return {**_scores(with_ctr), "map50_no_centerness": without_ctr["map50"], "final_loss": final_loss,
-            "train_images_per_s": state["train_images"] / state["train_seconds"]}
+            "first_loss": total[0], "train_images_per_s": state["train_images"] / state["train_seconds"]}
 
 # %%
 #| export
@@ -1051,8 +1051,10 @@ for budget in ("screen", "full"):
 # The stored table is only worth something if it comes from this code. The `smoke` budget is a
 # 20-iteration run of the course default on the `signs` dataset; `make ablations` stores it
 # next to the other rows. Re-run it here: same code, same data, same seed, so the same
-# training, up to floating-point summation order (thread counts differ between machines). The
-# check compares the mean total loss of its last ten iterations.
+# training, up to floating-point summation order (thread counts differ between machines). Two
+# checks: the loss of the first iteration, where only that order differs (within 0.1 %); and the
+# mean loss of the last ten, after 20 steps have amplified it (within 5 %: one thread against two
+# moved it by 1.1 % here).
 
 # %%
 smoke_key = "course default | signs | seed 0 | smoke"
@@ -1063,10 +1065,12 @@ with tempfile.TemporaryDirectory() as out:
 if stored is None:
     print("no stored smoke row yet: run `make ablations` to write it")
 else:
-    print(f"stored: final loss {stored['final_loss']:.4f}, mAP@0.5 {stored['map50']:.3f}")
-    gap = abs(rerun["final_loss"] - stored["final_loss"]) / stored["final_loss"]
-    assert gap <= 0.01, f"the re-run's final loss differs from the stored one by {gap:.1%}"
-    print("re-run: the same final loss within 1 %")
+    print(f"stored: first loss {stored['first_loss']:.4f}, final loss {stored['final_loss']:.4f}, "
+          f"mAP@0.5 {stored['map50']:.3f}")
+    for key, tolerance in (("first_loss", 0.001), ("final_loss", 0.05)):
+        gap = abs(rerun[key] - stored[key]) / stored[key]
+        assert gap <= tolerance, f"the re-run's {key} differs from the stored one by {gap:.2%}"
+    print("re-run: the same first loss within 0.1 %, the same final loss within 5 %")
 
 # %% [markdown]
 # ## Pitfalls

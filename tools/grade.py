@@ -27,7 +27,6 @@ import builtins
 import contextlib
 import functools
 import importlib
-import os
 import sys
 import types
 from collections import defaultdict
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import exercises  # noqa: E402  (tools/exercises.py: the marked functions)
 import export  # noqa: E402  (tools/export.py: which cells go to which module)
+from fcos_lib.env import offline_only  # noqa: E402
 
 # The unit tests of each chapter with exercises, by chapter number.
 TESTS = {
@@ -112,20 +112,6 @@ def _defined_names(source: str) -> list[str]:
     """Top-level functions and classes of a cell (constants stay fcos_lib's: equal values anyway)."""
     return [node.name for node in ast.parse(source).body
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-
-
-@contextlib.contextmanager
-def _offline():
-    """FCOS_OFFLINE=1 while grading (nothing may ever download), then as it was."""
-    before = os.environ.get("FCOS_OFFLINE")
-    os.environ["FCOS_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["FCOS_OFFLINE"]
-        else:
-            os.environ["FCOS_OFFLINE"] = before
 
 
 def install(notebook: Path) -> Installed:
@@ -251,7 +237,7 @@ def run_tests(notebook: Path, name: str, others: list[str], test_files: list[str
         args.append("--maxfail=1")
     if verbose:
         print(f"\n--- {name} (the other exercises: the solution) ---", flush=True)
-    with _offline():
+    with offline_only():  # FCOS_OFFLINE=1 while grading: nothing may ever download
         installed = install(notebook)
         try:
             for other in others:
