@@ -1462,6 +1462,22 @@ print(meta, torch.equal(same_image, image))
 shutil.rmtree(example_dir)
 
 # %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **Which format?** Given only a tensor of boxes, which checks tell `(x1, y1, x2, y2)` from
+#    `(cx, cy, w, h)` and `(x, y, w, h)`? Find a box that passes as all three.
+#    *Hint:* what must hold between the first and third numbers in each format?
+# 2. **The letterbox by hand.** Take a 500 x 333 image and a box on it; compute by hand where the
+#    box lands in the 224-pixel input, then check it against `letterbox`. Now map a detection
+#    back: where does an error of one input pixel land in the original image?
+#    *Hint:* the scale is 224 / the longer side; padding goes to the right and the bottom.
+# 3. **Padding rows.** The batch pads each image's boxes with rows of -1. What would go wrong in
+#    matching if the padding were rows of 0 instead?
+#    *Hint:* is `(0, 0, 0, 0)` a box some location could be inside, with class 0?
+
+# %% [markdown]
 # ## Summary
 #
 # - Boxes are `(x1, y1, x2, y2)`, absolute 0-based pixels on pixel edges; a batch is `(B, N, 5)`

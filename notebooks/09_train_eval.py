@@ -2134,6 +2134,23 @@ else:
     print("bench/results/vs_torchvision.json is not here (outside the repository); the README shows the chart")
 
 # %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **Seeds.** Train the main job twice with `seed=1` and `seed=2` (a few minutes each on a CPU).
+#    How far apart are the two mAPs, compared with the gap between the baseline and the improved
+#    recipe? What does that say about a single run's result?
+#    *Hint:* `improved_recipe(seed=...)`; chapter 10 does this on purpose.
+# 2. **Resume.** Stop a run with `stop_after=50`, resume it, and compare its final weights with an
+#    uninterrupted run. Which parts of the checkpoint would break the equality if they were
+#    missing?
+#    *Hint:* try deleting `rng` or `scheduler` from the saved state before resuming.
+# 3. **The two VOC metrics.** Find a precision-recall curve for which the 11-point and the
+#    all-point AP differ by more than 0.05.
+#    *Hint:* few points, with a drop in precision just after a recall of 0.1 x k.
+
+# %% [markdown]
 # ## Summary
 #
 # - A training run is one `TrainConfig`; `course_recipe()` is the main job (the course dataset,

@@ -1090,6 +1090,21 @@ else:
 #   ([P15](../docs/pitfalls.md#p15-voc-and-coco-style-figures-mixed-up)).
 
 # %% [markdown]
+# ## Questions and small experiments
+#
+# No answers here: work them out, in this notebook or in a scratch one.
+#
+# 1. **How many seeds?** Pick one row whose verdict is "mixed" and run it with seeds 2 and 3
+#    (`bench/ablations.py --rows ... --seeds 2 3`). Does the verdict hold with four seeds?
+#    *Hint:* the table's ranges, compared with the row's difference to its reference.
+# 2. **A third dataset.** Change one thing in `make_held_out_dataset` (object sizes, or the number
+#    of objects per image) and re-run the course default and the peer. Does the ratio move?
+#    *Hint:* a new dataset kind needs its own folder; never reuse a folder you tuned on.
+# 3. **Budget.** Is a change that loses at the screen budget sure to lose at 828 iterations?
+#    Measure one (`--budget full`), and say what the screen can and cannot decide.
+#    *Hint:* the EMA and scale jitter are often said to help more in longer runs.
+
+# %% [markdown]
 # ## Summary
 #
 # - A design choice is measured, not argued: one change at a time against a fixed reference, on
