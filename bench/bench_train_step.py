@@ -12,6 +12,11 @@ The peer: torchvision's `FCOS` class on the same trunk and FPN width (fcos_lib.e
 chapter 10's peer: p3-p5, 64 channels), on the same batches, one step of each in turn so that a machine whose speed
 drifts slows both alike. It prints fcos_lib's images/s as a ratio to the peer's (issue 14's goal
 on a CPU: at least 1.3x). `--no-peer` leaves it out.
+
+Trials (issue 14): `--channels-last`, `--bf16` (torch.autocast with bfloat16, on the CPU too:
+AMX / AVX512-BF16 where the processor has them) and `--compile` (torch.compile) build a second
+fcos_lib model with that change, the same initial weights, stepped on the same batches in turn
+with the default one, and print its images/s as a ratio to the default's, and both losses.
 """
 from __future__ import annotations
 
@@ -40,6 +45,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     parser.add_argument("--no-peer", action="store_true", help="do not time torchvision's FCOS")
+    parser.add_argument("--channels-last", action="store_true", help="trial: channels-last memory format")
+    parser.add_argument("--bf16", action="store_true", help="trial: bfloat16 autocast (CPU or CUDA)")
+    parser.add_argument("--compile", action="store_true", help="trial: torch.compile the model")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = device_sync(device)
@@ -67,7 +75,8 @@ def main() -> None:
     model = FCOS(len(dataset.class_names)).to(device).train()
     optimizer = build_optimizer(model, improved_recipe())
     peer_step = None if args.no_peer else make_peer_step(len(dataset.class_names), args.image_size, device)
-    steps, peer_steps = [], []
+    trial_step = make_trial_step(model, args, device) if (args.channels_last or args.bf16 or args.compile) else None
+    steps, peer_steps, trial_steps, losses_seen = [], [], [], []
     for step in range(2 + args.steps):
         if step == 2:
             timings.clear()
@@ -89,7 +98,12 @@ def main() -> None:
         t3 = time.perf_counter()
         if peer_step is not None:
             peer_seconds = peer_step(images, gt_boxes, sync)
+        if trial_step is not None:
+            trial_seconds, trial_loss = trial_step(images, gt_boxes, sync)
         if step >= 2:
+            if trial_step is not None:
+                trial_steps.append(trial_seconds)
+                losses_seen.append((float(loss), trial_loss))
             if peer_step is not None:
                 peer_steps.append(peer_seconds)
             timings["data"].append(t1 - t0)
@@ -116,6 +130,38 @@ def main() -> None:
               f"{args.batch_size / peer:.1f} images/s")
         print(f"fcos_lib / torchvision images/s, step without data loading: {peer / ours_compute:.2f}x "
               f"(goal on a CPU: >= 1.3x)")
+    if trial_steps:
+        trial = statistics.median(trial_steps)
+        name = "+".join(n for n, on in (("channels-last", args.channels_last), ("bf16", args.bf16),
+                                        ("compile", args.compile)) if on)
+        print(f"trial {name}: {trial * 1000:.0f} ms per step -> {args.batch_size / trial:.1f} images/s, "
+              f"{(step - med['data']) / trial:.2f}x the default step without data loading")
+        print("  losses default / trial, last steps: " + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in losses_seen[-3:]))
+
+
+def make_trial_step(reference: FCOS, args, device: torch.device):
+    """One training step of a copy of `reference` with the trial changes: f(images, gt_boxes, sync) -> (s, loss)."""
+    import copy
+
+    model = copy.deepcopy(reference)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = build_optimizer(model, improved_recipe())
+    forward = torch.compile(model) if args.compile else model
+
+    def step(images, gt_boxes, sync):
+        sync()
+        tic = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            losses = forward(images.contiguous(memory_format=memory_format), gt_boxes)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync()
+        return time.perf_counter() - tic, float(loss)
+
+    return step
 
 
 def make_peer_step(num_classes: int, image_size: int, device: torch.device):

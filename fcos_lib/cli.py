@@ -36,6 +36,19 @@ def _parse_classes(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
+def _parse_threads(text: str) -> int | str:
+    """--threads: 'auto' or a number of threads >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of threads >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fcos_lib import __version__
 
@@ -59,9 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrained", action="store_true", default=None,
                    help="start from ImageNet weights (needs internet once); BatchNorm and the first two trunk stages are then frozen (default: off, from scratch)")
     t.add_argument("--in-memory", action="store_true", default=None,
-                   help="decode and resize the images once and keep them in RAM (default: on for the course dataset, off with --data)")
+                   help="decode and resize the images once and keep them, uint8, on the training device; no DataLoader "
+                        "(default: on for the course dataset, off with --data)")
     t.add_argument("--workers", type=int, help="DataLoader worker processes (default: 2, or 0 when the data is in memory)")
     t.add_argument("--device", help="auto, cpu or cuda (default: auto)")
+    t.add_argument("--threads", type=_parse_threads,
+                   help="torch's CPU threads: a number, or auto = the cores other processes leave free, re-read "
+                        "every second (default: auto; a fixed number makes a run repeat bit for bit on a busy machine)")
     t.add_argument("--out", default="runs/fcos", help="run folder: last.pt, metrics.json, loss_curve.png, detections.png (default: runs/fcos)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt, with its own settings")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: refuse)")
@@ -122,7 +139,7 @@ _TRAIN_FLAGS = {
     "iters": "iters", "batch_size": "batch_size", "lr": "lr", "pretrained": "pretrained_backbone",
     "in_memory": "in_memory", "workers": "num_workers", "device": "device", "out": "out", "seed": "seed",
     "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes", "skip_bad_boxes": "skip_bad_boxes",
-    "ema_decay": "ema_decay", "scale_jitter": "scale_jitter", "assigner": "assigner",
+    "ema_decay": "ema_decay", "scale_jitter": "scale_jitter", "assigner": "assigner", "threads": "num_threads",
 }
 
 
@@ -152,6 +169,7 @@ def config_from_args(args) -> TrainConfig:
         given["scale_jitter"] = tuple(given["scale_jitter"])
     if args.classes is not None:
         given["classes"] = _parse_classes(args.classes)
+    given.setdefault("num_threads", "auto")  # the library's own choice for this machine (fcos_lib.cpu_threads)
     if args.resume:
         saved = load_checkpoint(Path(args.out) / "last.pt")["config"]
         if args.recipe is not None:

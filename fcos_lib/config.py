@@ -27,7 +27,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     image_size: int = 224
-    in_memory: bool = False          # decode + letterbox once, keep uint8 images in RAM
+    in_memory: bool = False          # decode + letterbox once, keep the uint8 batch-ready split on the device
     skip_bad_boxes: bool = False     # leave out (and report) images with a broken box, instead of refusing
     num_workers: int = 2
     # model
@@ -62,6 +62,9 @@ class TrainConfig:
     amp: bool = True                 # mixed precision, used on CUDA only
     # bookkeeping
     device: str = "auto"
+    # torch's CPU threads: None = torch's own setting; an int = that many; "auto" = the cores that
+    # other processes leave free, re-read every second (fcos_lib.cpu_threads; the command line's default).
+    num_threads: int | str | None = None
     out: str = "runs/fcos"
     checkpoint_every: int = 100      # iterations between checkpoints ...
     checkpoint_minutes: float = 2.0  # ... and at most this many minutes between them
@@ -84,6 +87,7 @@ _CONFIG_RULES = {
     "iters": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
     "batch_size": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
     "num_workers": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
+    "num_threads": ("None, 'auto' or an int >= 1", lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1)),
     "lr": ("a finite number > 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0),
     "momentum": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1),
     "weight_decay": ("a finite number >= 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
@@ -123,7 +127,7 @@ def check_config(cfg: "TrainConfig") -> None:
 
 
 # Fields that may change between a run and its resume: where and how it runs, not what it learns.
-RESUMABLE_CHANGES = ("device", "out", "num_workers", "in_memory", "checkpoint_every", "checkpoint_minutes",
+RESUMABLE_CHANGES = ("device", "out", "num_workers", "num_threads", "in_memory", "checkpoint_every", "checkpoint_minutes",
                      "val_split", "data")
 
 

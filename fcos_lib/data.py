@@ -102,6 +102,9 @@ class VOCDataset(Dataset):
             from the annotations of "trainval" (or of `split` when there is no trainval.txt), sorted.
         image_size: S, the square network input side; a multiple of 32.
         augment: random horizontal flips (training).
+        image_dtype: torch.float32 (default): images in [0, 1], what the model takes; torch.uint8:
+            the pixels as stored (0-255), 4x less memory and copying, for a training loop that
+            converts whole batches on the device (fcos_lib.train does).
         in_memory: decode and resize every image once, in __init__, and keep it (uint8), so that
             a 2-vCPU machine keeps a GPU busy; about 3 * S * S bytes per image.
         skip_bad_boxes: leave out the images whose annotation has a broken box (a non-finite
@@ -118,7 +121,7 @@ class VOCDataset(Dataset):
     parse_voc_annotation); `num_clipped_boxes` counts the boxes that crossed the border a little
     and were clipped.
 
-    __getitem__(i) -> (image (3, S, S) float32 in [0, 1], target) with target = dict(
+    __getitem__(i) -> (image (3, S, S) float32 in [0, 1] (or uint8), target) with target = dict(
         boxes (N, 4) float32 xyxy in network-input pixels, labels (N,) int64,
         difficult (N,) bool, image_id str, orig_size (H, W), resized_size (h, w)),
     where (h, w) is the letterboxed content before padding: max(h, w) = S.
@@ -126,6 +129,7 @@ class VOCDataset(Dataset):
 
     def __init__(self, root, split: str = "train", class_names=None, image_size: int = 224,
                  augment: bool = False, in_memory: bool = False, skip_bad_boxes: bool = False,
+                 image_dtype: torch.dtype = torch.float32,
                  verify_images: bool = False, progress: bool = False):
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0 or image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32 (the stride of p5), got {image_size!r}")
@@ -143,8 +147,11 @@ class VOCDataset(Dataset):
         self.class_names = [str(n) for n in class_names]
         if len(set(self.class_names)) != len(self.class_names) or not self.class_names:
             raise ValueError(f"class_names must be a non-empty list of distinct names, got {self.class_names}")
+        if image_dtype not in (torch.float32, torch.uint8):
+            raise ValueError(f"image_dtype must be torch.float32 or torch.uint8, got {image_dtype!r}")
         self.image_size = image_size
         self.augment = augment
+        self.image_dtype = image_dtype
         self.annotations, self.skipped, problems = [], [], []
         for image_id in tqdm(image_ids, desc=f"check {split}", disable=not progress, leave=False):
             try:
@@ -210,7 +217,10 @@ class VOCDataset(Dataset):
             "orig_size": ann["size"],
             "resized_size": (int(h), int(w)),
         }
-        return v2.functional.to_dtype(image.as_subclass(torch.Tensor), torch.float32, scale=True), target
+        image = image.as_subclass(torch.Tensor)  # (3, S, S) uint8
+        if self.image_dtype == torch.uint8:
+            return image, target
+        return v2.functional.to_dtype(image, torch.float32, scale=True), target
 
     def __repr__(self) -> str:
         return (f"VOCDataset(root={self.root.name!r}, split={self.split!r}, images={len(self)}, "

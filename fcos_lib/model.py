@@ -16,8 +16,9 @@ Box contract: (x1, y1, x2, y2) absolute 0-based pixels of the network input; gro
 (B, N, 5) rows (x1, y1, x2, y2, c), c in [0, C), padded with rows of -1.
 """
 
-__all__ = ['FCOSPredictions', 'check_finite_losses', 'ASSIGNERS', 'FCOS']
+__all__ = ['location_table', 'FCOSPredictions', 'check_finite_losses', 'ASSIGNERS', 'FCOS']
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -31,6 +32,28 @@ from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.losses import BOX_LOSSES, fcos_loss
 from fcos_lib.matching import check_gt_boxes
 from fcos_lib.targets import fcos_build_targets, strides_per_location
+
+
+@functools.lru_cache(maxsize=32)
+def location_table(level_shapes: tuple, strides: tuple, device: torch.device):
+    """The locations and their strides for feature maps of these sizes, built once and then reused.
+
+    Args:
+        level_shapes: ((level, H_l, W_l), ...) in the head's level order.
+        strides: ((level, stride), ...).
+        device: where the tensors live.
+    Returns:
+        (locations_per_level: level -> (L_l, 2), locations (L, 2), strides (L,)), float32 (also
+        under autocast: they are pixel coordinates, not activations).
+
+    They depend on these arguments alone, so FCOS.forward builds them once per (input size,
+    device) instead of on every forward, twice per training step (on a GPU that is a dozen small
+    kernel launches each time). The tensors are shared between calls: read them, never write into them.
+    """
+    locations_per_level = get_fpn_location_coords({level: (H_l, W_l) for level, H_l, W_l in level_shapes},
+                                                  dict(strides), dtype=torch.float32, device=device)
+    locations = torch.cat(list(locations_per_level.values()), dim=0)  # (L, 2)
+    return locations_per_level, locations, strides_per_location(locations_per_level, dict(strides))  # (L,)
 
 
 class FCOSPredictions(NamedTuple):
@@ -149,16 +172,13 @@ class FCOS(nn.Module):
                 check_gt_boxes(gt_boxes, self.num_classes, batch_size=images.shape[0])  # chapter 04
         feats = self.backbone(images)  # {"p3": (B, F, H/8, W/8), "p4": ..., "p5": ...}
         cls_per_level, box_per_level, ctr_per_level = self.head(feats)  # level -> (B, L_l, C / 4 / 1)
-        # Locations in float32 also under autocast: they are pixel coordinates, not activations.
-        locations_per_level = get_fpn_location_coords(
-            {level: feat.shape for level, feat in feats.items()}, self.strides, dtype=torch.float32,
-            device=images.device)  # level -> (L_l, 2)
+        level_shapes = tuple((level, *feat.shape[-2:]) for level, feat in feats.items())
+        locations_per_level, locations, strides = location_table(level_shapes, tuple(self.strides.items()),
+                                                                 images.device)  # made once per input size
         levels = list(feats)
         cls_logits = torch.cat([cls_per_level[level] for level in levels], dim=1)  # (B, L, C)
         box_deltas = torch.cat([box_per_level[level] for level in levels], dim=1)  # (B, L, 4)
         ctr_logits = torch.cat([ctr_per_level[level] for level in levels], dim=1)  # (B, L, 1)
-        locations = torch.cat([locations_per_level[level] for level in levels], dim=0)  # (L, 2)
-        strides = strides_per_location(locations_per_level, self.strides).to(images.device)  # (L,)
         if not self.training:
             return FCOSPredictions(cls_logits, box_deltas, ctr_logits, locations, strides,
                                    [locations_per_level[level].shape[0] for level in levels],

@@ -164,7 +164,7 @@ def cfg_of(*argv):
 
 def test_no_flags_is_the_main_job():
     cfg = cfg_of()
-    expected = improved_recipe(iters=300, warmup_iters=30, in_memory=True, num_workers=0)
+    expected = improved_recipe(iters=300, warmup_iters=30, in_memory=True, num_workers=0, num_threads="auto")
     assert cfg == expected
 
 
@@ -186,6 +186,7 @@ def test_no_flags_is_the_main_job():
     ([], ["--ema-decay", "0.999"], "ema_decay", 0.999),
     ([], ["--scale-jitter", "0.75", "1.25"], "scale_jitter", (0.75, 1.25)),
     ([], ["--assigner", "atss"], "assigner", "atss"),
+    ([], ["--threads", "1"], "num_threads", 1),
 ])
 def test_every_flag_reaches_the_config(context, flag, field, value):
     base, changed = cfg_of(*context), cfg_of(*context, *flag)

@@ -280,6 +280,19 @@ def test_in_memory_matches_lazy(course_root):
         assert cached._cache[i][0].dtype == torch.uint8
 
 
+def test_uint8_images_are_the_float_images_before_conversion(course_root):
+    from torchvision.transforms.v2 import functional as F
+
+    as_float = VOCDataset(course_root, "val")
+    as_uint8 = VOCDataset(course_root, "val", image_dtype=torch.uint8)
+    for i in range(len(as_float)):
+        (a, ta), (b, tb) = as_float[i], as_uint8[i]
+        assert b.dtype == torch.uint8 and torch.equal(F.to_dtype(b, torch.float32, scale=True), a)
+        assert torch.equal(ta["boxes"], tb["boxes"])
+    with pytest.raises(ValueError, match="image_dtype must be torch.float32 or torch.uint8"):
+        VOCDataset(course_root, "val", image_dtype=torch.float16)
+
+
 def test_empty_image_and_collate(course_root):
     ds = VOCDataset(course_root, "train")
     empty = [i for i, a in enumerate(ds.annotations) if len(a["boxes"]) == 0]

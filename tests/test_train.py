@@ -10,7 +10,8 @@ from fcos_lib.course_data import make_course_dataset
 from fcos_lib.data import VOCDataset
 from fcos_lib.evaluate import evaluate, format_ap_table
 from fcos_lib.report import write_run_report
-from fcos_lib.train import IterationBatchSampler, lr_multiplier, random_horizontal_flip, train
+from fcos_lib.train import (DeviceBatches, IterationBatchSampler, lr_multiplier, random_horizontal_flip, train,
+                             training_batches)
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +289,43 @@ def test_difficult_objects_are_neither_hits_nor_misses(tmp_path, monkeypatch):
         result = evaluate(torch.nn.Identity(), dataset)
         for key in ("map50", "voc07_map50", "voc_map50"):
             assert result[key] == pytest.approx(expected, abs=1e-6), (name, key)
+
+
+def test_device_batches_equal_the_data_loader_batches(tiny_data):
+    # The split on the device, gathered by index, gives the DataLoader's batches: the same uint8
+    # images, and gt_boxes padded to the same N (the most boxes in the batch), on empty images too.
+    from fcos_lib.data import collate_detection
+
+    dataset = VOCDataset(tiny_data, "train", image_size=64, image_dtype=torch.uint8)
+    resident = DeviceBatches(dataset, torch.device("cpu"))
+    for indices in ([0, 1, 2], [3], [7, 0, 5, 5]):
+        images, gt_boxes = resident.batch(indices)
+        want_images, want_boxes, _ = collate_detection([dataset[i] for i in indices])
+        assert images.dtype == torch.uint8 and torch.equal(images, want_images)
+        assert torch.equal(gt_boxes, want_boxes)
+    with pytest.raises(ValueError, match="image_dtype=torch.uint8"):
+        DeviceBatches(VOCDataset(tiny_data, "train", image_size=64), torch.device("cpu"))
+
+
+def test_in_memory_and_data_loader_training_are_the_same_run(tiny_data, tmp_path):
+    # The two ways batches reach the step (DeviceBatches; DataLoader with a worker process) train
+    # bit-identical weights: uint8 all the way, flipped and converted on the device alike.
+    runs = [train(tiny_cfg(tiny_data, tmp_path / name, iters=4, in_memory=in_memory, num_workers=workers),
+                  progress=False)["model"] for name, in_memory, workers in (("a", True, 0), ("b", False, 1))]
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_training_batches_are_uint8_on_the_device(tiny_data):
+    dataset = VOCDataset(tiny_data, "train", image_size=64, image_dtype=torch.uint8)
+    sampler = IterationBatchSampler(len(dataset), batch_size=2, num_iters=2)
+    for in_memory in (True, False):
+        cfg = tiny_cfg(tiny_data, "unused", in_memory=in_memory)
+        batches = list(training_batches(dataset, sampler, cfg, torch.device("cpu")))
+        assert len(batches) == 2 and all(images.dtype == torch.uint8 and images.shape == (2, 3, 64, 64)
+                                         for images, _ in batches)
+
+
+def test_training_leaves_torch_threads_as_it_found_them(tiny_data, tmp_path):
+    before = torch.get_num_threads()
+    train(tiny_cfg(tiny_data, tmp_path, iters=1, num_threads=1), progress=False)
+    assert torch.get_num_threads() == before
