@@ -7,7 +7,8 @@ indexing, `nonzero`, ...) waits for all the work queued before it: the GPU's que
 next kernels start late. They can be counted on the CPU too, because they dispatch the same aten
 operators there. A TorchDispatchMode records every operator call of one training step exactly as
 `fcos_lib.train.train` runs it (forward with targets and losses, the finite-loss check, backward,
-gradient clipping, the optimiser, the logging of the losses) and counts the synchronising ones,
+gradient clipping, the optimiser, the logging of the losses; and the batch: gathered from the
+split on the device, flipped and converted there) and counts the synchronising ones,
 grouped by the fcos_lib line that called them.
 
 Goal (issue 14): at most one per step outside logging steps.
@@ -20,12 +21,14 @@ from collections import Counter
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torchvision.transforms.v2 import functional as F
 
 from fcos_lib.config import improved_recipe
 from fcos_lib.course_data import make_course_dataset
-from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.data import VOCDataset
 from fcos_lib.model import FCOS, check_finite_losses
-from fcos_lib.train import LOG_EVERY, LOSS_NAMES, build_optimizer
+from fcos_lib.train import (LOG_EVERY, LOSS_NAMES, DeviceBatches, IterationBatchSampler, build_optimizer,
+                            random_horizontal_flip)
 
 # aten operators whose result size or value the host must know before it can go on.
 SYNCING = {
@@ -78,20 +81,29 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     args = parser.parse_args()
     cfg = improved_recipe()
-    dataset = VOCDataset(make_course_dataset(), "train", image_size=args.image_size)
-    batches = iter(torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate_detection,
-                                               generator=torch.Generator().manual_seed(0), shuffle=True))
+    # The batches as train() makes them with in_memory: the split on the device as uint8, a batch
+    # gathered by index, flipped and converted to float there. All of it is counted.
+    dataset = VOCDataset(make_course_dataset(), "train", image_size=args.image_size, image_dtype=torch.uint8)
+    resident = DeviceBatches(dataset, torch.device("cpu"))
+    batches = iter(IterationBatchSampler(len(dataset), args.batch_size, 1 + args.steps, seed=0))
+    flip_generator = torch.Generator().manual_seed(1)
+
+    def next_batch():
+        images, gt_boxes = resident.batch(next(batches))
+        images, gt_boxes = random_horizontal_flip(images, gt_boxes, flip_generator)
+        return F.to_dtype(images, torch.float32, scale=True), gt_boxes
+
     torch.manual_seed(0)
     model = FCOS(len(dataset.class_names)).train()
     optimizer = build_optimizer(model, cfg)
-    images, gt_boxes, _ = next(batches)
+    images, gt_boxes = next_batch()
     training_step(model, optimizer, images, gt_boxes, cfg)  # warm-up: lazy initialisation is not a step
 
     step_counter, log_counter = SyncCounter(), SyncCounter()
     pending = []
     for _ in range(args.steps):
-        images, gt_boxes, _ = next(batches)
         with step_counter:
+            images, gt_boxes = next_batch()
             losses = training_step(model, optimizer, images, gt_boxes, cfg)
             pending.append(torch.stack([losses[k].detach().float() for k in LOSS_NAMES]))
     with log_counter:  # what train() does every LOG_EVERY steps: the pending losses to the host at once

@@ -59,7 +59,8 @@ class TrainConfig:
     scale_jitter: tuple[float, float] | None = None
     ema_decay: float | None = None   # keep an exponential moving average of the weights (chapter 10)
     decay_norms: bool = False        # weight decay on norm weights and biases too (torchvision's default)
-    amp: bool = True                 # mixed precision, used on CUDA only
+    amp: bool = True                 # mixed precision, used on CUDA only (float16 autocast)
+    cpu_bf16: bool = False           # bfloat16 autocast on the CPU: fast where it has AMX / AVX512-BF16 units
     # bookkeeping
     device: str = "auto"
     # torch's CPU threads: None = torch's own setting; an int = that many; "auto" = the cores that
@@ -106,6 +107,7 @@ _CONFIG_RULES = {
     "ema_decay": ("None or a number in (0, 1)", lambda v: v is None or (isinstance(v, (int, float)) and 0 < v < 1)),
     "center_sampling_radius": ("None or a finite number > 0", lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)),
     "trainable_backbone_layers": ("None or an int in [0, 5]", lambda v: v is None or (_is_int(v) and 0 <= v <= 5)),
+    "cpu_bf16": ("True or False", lambda v: isinstance(v, bool)),
     "checkpoint_every": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
     "checkpoint_minutes": ("a number > 0", lambda v: isinstance(v, (int, float)) and v > 0),
     "seed": ("an int >= 0", lambda v: _is_int(v) and v >= 0),

@@ -56,17 +56,17 @@ class IterationBatchSampler(Sampler):
         self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
         self.start_iter, self.num_iters = start_iter, num_iters
         self.rank, self.world_size = rank, world_size
-        self._perms: dict[int, torch.Tensor] = {}
+        self._perms: dict[int, list[int]] = {}
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    def _permutation(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             generator = torch.Generator().manual_seed(self.seed + epoch)
-            self._perms = {epoch: torch.randperm(self.num_images, generator=generator)}
+            self._perms = {epoch: torch.randperm(self.num_images, generator=generator).tolist()}
         return self._perms[epoch]
 
     def batch(self, i: int) -> list[int]:
         positions = range(i * self.batch_size, (i + 1) * self.batch_size)
-        return [int(self._permutation(p // self.num_images)[p % self.num_images]) for p in positions]
+        return [self._permutation(p // self.num_images)[p % self.num_images] for p in positions]
 
     def __iter__(self):
         part = self.batch_size // self.world_size  # images per process
@@ -401,9 +401,9 @@ class DeviceBatches:
         if dataset.image_dtype != torch.uint8 or dataset.augment:
             raise ValueError("DeviceBatches needs VOCDataset(..., image_dtype=torch.uint8, augment=False)")
         S, M = dataset.image_size, len(dataset)
-        self.num_boxes = torch.tensor([len(ann["labels"]) for ann in dataset.annotations])  # (M,) on the CPU
+        self.num_boxes = [len(ann["labels"]) for ann in dataset.annotations]  # M ints, on the host
         self.images = torch.empty(M, 3, S, S, dtype=torch.uint8, device=device)  # (M, 3, S, S)
-        gt_boxes = torch.full((M, max(1, int(self.num_boxes.max())), 5), -1.0)  # (M, N_max, 5)
+        gt_boxes = torch.full((M, max(1, *self.num_boxes), 5), -1.0)  # (M, N_max, 5)
         for i in tqdm(range(M), desc=f"load {dataset.split}", disable=not progress, leave=False):
             image, target = dataset[i]
             self.images[i] = image.to(device)
@@ -415,12 +415,11 @@ class DeviceBatches:
         """Images (B, 3, S, S) uint8 and gt_boxes (B, N, 5) of the given items, on the device.
 
         N = max(1, most boxes in one of these images), as collate_detection pads: the same batch
-        as the DataLoader path gives, and no padding rows for the matching to skip. N is found on
-        the CPU (num_boxes), so nothing waits for the device.
+        as the DataLoader path gives, and no padding rows for the matching to skip. N comes from
+        host-side counts, so nothing waits for the device.
         """
-        rows = torch.tensor(indices)
-        N = max(1, int(self.num_boxes[rows].max()))
-        rows = rows.to(self.images.device, non_blocking=True)
+        N = max(1, *(self.num_boxes[i] for i in indices))
+        rows = torch.tensor(indices).to(self.images.device, non_blocking=True)  # (B,)
         return self.images[rows], self.gt_boxes[rows, :N]
 
 
@@ -505,6 +504,10 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
     scheduler = build_scheduler(optimizer, cfg)
     scaler = make_grad_scaler(device, cfg.amp)
     use_amp = scaler.is_enabled()
+    # Mixed precision: float16 with a loss scaler on CUDA; bfloat16 (float32's range: no scaler) on
+    # the CPU with cpu_bf16. The losses themselves are computed in float32 (chapter 07).
+    autocast_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    use_autocast = use_amp or (cfg.cpu_bf16 and device.type == "cpu")
     flip_generator = torch.Generator().manual_seed(cfg.seed + 1)  # flips and scale jitter
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema_decay is not None else None
     state = {"iteration": 0, "history": [], "train_seconds": 0.0, "train_images": 0}
@@ -572,7 +575,7 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                 images = F.to_dtype(images, torch.float32, scale=True)  # [0, 1], as VOCDataset's float images
                 if cfg.scale_jitter is not None:
                     images, gt_boxes = random_rescale(images, gt_boxes, cfg.scale_jitter, flip_generator)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
                     # check_inputs=False: every box was checked where it was read (VOCDataset, preflight).
                     losses = net(images, gt_boxes, check_inputs=False, **loss_options)
                 logged, stop_now = losses, None

@@ -754,6 +754,9 @@ def _rows() -> "OrderedDict[str, dict]":
                                         "changes": {"lr": 0.01, "schedule": "constant", "decay_norms": True,
                                                     "hflip": False}}
     rows["default, no flips"] = {"base": "default", "changes": {"hflip": False}, "what": "without flips"}
+    # Speed, not the recipe (issue 14): the same training with bfloat16 autocast on the CPU.
+    rows["default, bf16 on the CPU"] = {"base": "default", "changes": {"cpu_bf16": True},
+                                        "what": "the default in bfloat16 autocast (cpu_bf16)"}
     rows["torchvision FCOS"] = {"peer": True, "what": "torchvision's FCOS class, the issue's exact setup"}
     return rows
 

@@ -187,6 +187,7 @@ def test_no_flags_is_the_main_job():
     ([], ["--scale-jitter", "0.75", "1.25"], "scale_jitter", (0.75, 1.25)),
     ([], ["--assigner", "atss"], "assigner", "atss"),
     ([], ["--threads", "1"], "num_threads", 1),
+    ([], ["--cpu-bf16"], "cpu_bf16", True),
 ])
 def test_every_flag_reaches_the_config(context, flag, field, value):
     base, changed = cfg_of(*context), cfg_of(*context, *flag)

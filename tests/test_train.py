@@ -329,3 +329,16 @@ def test_training_leaves_torch_threads_as_it_found_them(tiny_data, tmp_path):
     before = torch.get_num_threads()
     train(tiny_cfg(tiny_data, tmp_path, iters=1, num_threads=1), progress=False)
     assert torch.get_num_threads() == before
+
+
+def test_cpu_bf16_trains_in_bfloat16_and_float32_stays_the_default(tiny_data, tmp_path):
+    # cpu_bf16 runs the forward under bfloat16 autocast: finite losses, other weights than the
+    # float32 run (so autocast was on); without it the run is the float32 one, unchanged.
+    assert TrainConfig().cpu_bf16 is False
+    fp32 = train(tiny_cfg(tiny_data, tmp_path / "fp32", iters=3), progress=False)
+    bf16 = train(tiny_cfg(tiny_data, tmp_path / "bf16", iters=3, cpu_bf16=True), progress=False)
+    assert all(torch.isfinite(torch.tensor([h["loss_cls"], h["loss_box"], h["loss_ctr"]])).all() for h in bf16["history"])
+    assert any(not torch.equal(fp32["model"][k], bf16["model"][k]) for k in fp32["model"])
+    assert all(v.dtype == fp32["model"][k].dtype for k, v in bf16["model"].items())  # the weights stay float32
+    with pytest.raises(ValueError, match="TrainConfig.cpu_bf16 must be True or False"):
+        TrainConfig(cpu_bf16=1)
