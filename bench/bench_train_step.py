@@ -137,6 +137,9 @@ def main() -> None:
         print(f"trial {name}: {trial * 1000:.0f} ms per step -> {args.batch_size / trial:.1f} images/s, "
               f"{(step - med['data']) / trial:.2f}x the default step without data loading")
         print("  losses default / trial, last steps: " + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in losses_seen[-3:]))
+        if peer_steps:
+            print(f"trial {name} / torchvision images/s, step without data loading: "
+                  f"{statistics.median(peer_steps) / trial:.2f}x (goal on a CPU: >= 1.3x)")
 
 
 def make_trial_step(reference: FCOS, args, device: torch.device):

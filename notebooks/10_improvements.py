@@ -1035,12 +1035,14 @@ def peer_ratio(budget):
     ratios = {}
     for dataset in HELD_OUT_CLASSES:
         ours, peer = row_scores("course default", dataset, budget), row_scores("torchvision FCOS", dataset, budget)
-        if len(ours) < len(SEEDS) or len(peer) < len(SEEDS):
+        if not ours or not peer:
             print(f"{dataset:6s} not measured at the {budget} budget")
             continue
         ratios[dataset] = mean(ours) / mean(peer)
+        seeds = min(len(ours), len(peer))
+        caveat = "" if seeds >= len(SEEDS) else f"  ({seeds} of {len(SEEDS)} seeds: not yet a mean over seeds)"
         print(f"{dataset:6s} fcos_lib {mean(ours):.3f} ({min(ours):.3f}-{max(ours):.3f}), torchvision FCOS "
-              f"{mean(peer):.3f} ({min(peer):.3f}-{max(peer):.3f}): {ratios[dataset]:.2f}x")
+              f"{mean(peer):.3f} ({min(peer):.3f}-{max(peer):.3f}): {ratios[dataset]:.2f}x{caveat}")
     return ratios
 
 

@@ -170,6 +170,17 @@ def test_a_seeded_mistake_is_caught(tmp_path, chapter, name, mistake, correct, w
     assert status == "FAIL", f"{mistake}: {status}, {detail}"
 
 
+def test_an_endless_loop_fails_its_exercise_and_the_grader_goes_on(tmp_path):
+    # The kept box never leaves the survivors: the loop never ends. The time limit stops the test.
+    text = (ROOT / "notebooks" / "08_nms_inference.py").read_text()
+    correct = "survivors = rest[~overlaps[best, rest]]"
+    assert text.count(correct) == 1
+    seeded = tmp_path / "08_nms_inference.py"
+    seeded.write_text(text.replace(correct, "survivors = torch.cat([survivors[:1], rest[~overlaps[best, rest]]])"))
+    status, detail = grade.grade(seeded, only=["nms"], stop_at_first_failure=True, seconds=2)["exercises"]["nms"]
+    assert status == "FAIL" and "stopped after 2 s: an endless loop" in detail, detail
+
+
 def test_at_least_three_mistakes_per_chapter():
     assert all(sum(m[0] == chapter for m in MISTAKES) >= 3 for chapter in CHAPTERS)
 

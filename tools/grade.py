@@ -18,6 +18,8 @@
    test and its error; "not written yet" while the stub is still there. A failing test that does
    not call the exercise is listed apart ("no exercise": a given helper the learner changed, say).
    Exit status 0 when every exercise and every test passes.
+5. A test that runs longer than `--seconds` (60) is stopped and fails with "stopped after 60 s":
+   an endless loop in a learner's code ends the grading of that exercise, not the grader.
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ import builtins
 import contextlib
 import functools
 import importlib
+import signal
 import sys
+import threading
 import types
 from collections import defaultdict
 from pathlib import Path
@@ -54,6 +58,13 @@ TESTS = {
 
 class GradeError(RuntimeError):
     """The notebook cannot be graded (unknown chapter, a cell that does not run)."""
+
+
+TEST_SECONDS = 60.0  # each test of a chapter takes seconds with the solution; far longer is an endless loop
+
+
+class TestTimedOut(Exception):
+    """A test ran past its time limit (raised inside it by an alarm)."""
 
 
 def chapter_of(notebook: Path) -> Path:
@@ -138,7 +149,8 @@ def install(notebook: Path) -> Installed:
 class Recorder:
     """A pytest plugin: which exercises each test calls, and each test's outcome."""
 
-    def __init__(self, test_files: list[str]):
+    def __init__(self, test_files: list[str], seconds: float = TEST_SECONDS):
+        self.seconds = seconds
         self.files = [Path(f).name for f in test_files]
         self.current = None
         self.calls: dict[str, set] = defaultdict(set)  # test -> exercises it called
@@ -157,6 +169,24 @@ class Recorder:
     def pytest_collection_modifyitems(self, items):
         # The test files in the order TESTS lists them (the chapter's own first), not by size.
         items.sort(key=lambda item: self.files.index(item.path.name) if item.path.name in self.files else 0)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item):
+        """Stop a test after `seconds` (SIGALRM: Unix, main thread; elsewhere no limit)."""
+        if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def expire(signum, frame):
+            raise TestTimedOut(f"stopped after {self.seconds:g} s: an endless loop, or work that grows too fast")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     def pytest_runtest_logstart(self, nodeid, location):
         self.current = nodeid
@@ -228,9 +258,9 @@ def _fresh_test_modules(test_files: list[str]):
 
 
 def run_tests(notebook: Path, name: str, others: list[str], test_files: list[str],
-              stop_at_first_failure: bool, verbose: bool) -> Recorder:
+              stop_at_first_failure: bool, verbose: bool, seconds: float = TEST_SECONDS) -> Recorder:
     """One pytest run: the learner's code, except the other exercises, which are fcos_lib's."""
-    recorder = Recorder(test_files)
+    recorder = Recorder(test_files, seconds)
     args = [*test_files, "-p", "no:cacheprovider", "-o", "addopts=", f"--rootdir={ROOT}"]
     args += ["-q", "--tb=short"] if verbose else ["-p", "no:terminal"]
     if stop_at_first_failure:
@@ -251,12 +281,13 @@ def run_tests(notebook: Path, name: str, others: list[str], test_files: list[str
 
 
 def grade(notebook: Path | str, only: list[str] | None = None, stop_at_first_failure: bool = False,
-          verbose: bool = False) -> dict:
+          verbose: bool = False, seconds: float = TEST_SECONDS) -> dict:
     """Grade one notebook: one test run per exercise, with the solution for the other exercises.
 
     Returns {"exercises": {name: (status, detail)}, "other_failures": [(test, reason)], "passed": bool},
     status "pass", "FAIL", "not written yet" or "not tested" (no test that ran called it). `only`
-    grades some exercises; stop_at_first_failure ends each run at its first failing test.
+    grades some exercises; stop_at_first_failure ends each run at its first failing test;
+    `seconds` is the time limit of one test.
     """
     notebook = Path(notebook)
     chapter = chapter_of(notebook)
@@ -266,7 +297,7 @@ def grade(notebook: Path | str, only: list[str] | None = None, stop_at_first_fai
     results, other_failures = {}, {}
     for name in only or names:
         recorder = run_tests(notebook, name, [n for n in names if n != name], test_files,
-                             stop_at_first_failure, verbose)
+                             stop_at_first_failure, verbose, seconds)
         tests = [t for t, called in recorder.calls.items() if name in called and t in recorder.outcome]
         failed = [t for t in tests if recorder.outcome[t] == "failed"]
         if exercises.STUB_MESSAGE.format(name=name) in text:
@@ -305,9 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebook", type=Path, help="exercises/NN_name.ipynb (or a chapter's .py / .ipynb)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show pytest's report of each failing test")
+    parser.add_argument("--seconds", type=float, default=TEST_SECONDS,
+                        help=f"stop a test that runs longer, as failed (default: {TEST_SECONDS:g})")
     args = parser.parse_args(argv)
     try:
-        result = grade(args.notebook, verbose=args.verbose)
+        result = grade(args.notebook, verbose=args.verbose, seconds=args.seconds)
     except (GradeError, OSError) as err:
         print(f"grade: {err}", file=sys.stderr)
         return 2
