@@ -93,9 +93,8 @@ class ThreadGovernor:
         self.interval = interval
         self.threads = torch.get_num_threads()
         self.changes: list[tuple[float, int]] = []
-        self.active = num_threads == "auto" and self.max_threads > 1 and self._read() is not None
-        if self.active:
-            self._last = self._read()
+        self._last = self._read() if num_threads == "auto" and self.max_threads > 1 else None
+        self.active = self._last is not None
 
     def _read(self) -> tuple[float, float, float] | None:
         busy = busy_seconds_of_cores(self.cores)

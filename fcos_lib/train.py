@@ -31,7 +31,7 @@ from fcos_lib.checkpoint import CheckpointError, build_model, load_checkpoint, r
 from fcos_lib.config import TrainConfig, config_differences, resolve_device
 from fcos_lib.course_data import make_course_dataset
 from fcos_lib.cpu_threads import ThreadGovernor
-from fcos_lib.data import VOCDataset, collate_detection
+from fcos_lib.data import VOCDataset, collate_detection, pad_gt_boxes
 from fcos_lib.distributed import (World, barrier, check_global_batch, current_world, data_parallel, mean_losses_and_stop,
                                   process_device, run_on_main, with_sync_batchnorm)
 from fcos_lib.model import check_finite_losses
@@ -403,13 +403,12 @@ class DeviceBatches:
         S, M = dataset.image_size, len(dataset)
         self.num_boxes = [len(ann["labels"]) for ann in dataset.annotations]  # M ints, on the host
         self.images = torch.empty(M, 3, S, S, dtype=torch.uint8, device=device)  # (M, 3, S, S)
-        gt_boxes = torch.full((M, max(1, *self.num_boxes), 5), -1.0)  # (M, N_max, 5)
+        targets = []
         for i in tqdm(range(M), desc=f"load {dataset.split}", disable=not progress, leave=False):
             image, target = dataset[i]
             self.images[i] = image.to(device)
-            n = len(target["boxes"])
-            gt_boxes[i, :n, :4], gt_boxes[i, :n, 4] = target["boxes"], target["labels"].float()
-        self.gt_boxes = gt_boxes.to(device)
+            targets.append(target)
+        self.gt_boxes = pad_gt_boxes(targets).to(device)  # (M, N_max, 5), as collate_detection pads
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, S, S) uint8 and gt_boxes (B, N, 5) of the given items, on the device.

@@ -1162,6 +1162,20 @@ assert torch.allclose(back, ann0["boxes"], atol=1e-3)
 
 # %%
 #| export
+def pad_gt_boxes(targets) -> torch.Tensor:
+    """The ground truth of several images as one (B, N, 5) tensor of rows (x1, y1, x2, y2, c).
+
+    N = max(1, most boxes in one image); the rows after an image's own boxes are -1.
+    """
+    num_boxes = max([1] + [len(t["boxes"]) for t in targets])
+    gt_boxes = torch.full((len(targets), num_boxes, 5), -1.0)  # (B, N, 5)
+    for b, target in enumerate(targets):
+        n = len(target["boxes"])
+        gt_boxes[b, :n, :4] = target["boxes"]
+        gt_boxes[b, :n, 4] = target["labels"].float()
+    return gt_boxes
+
+
 def collate_detection(batch):
     """Stack (image, target) pairs from VOCDataset into a batch.
 
@@ -1174,13 +1188,7 @@ def collate_detection(batch):
     shapes = sorted({tuple(image.shape) for image in images})
     if len(shapes) != 1:
         raise ValueError(f"collate_detection: all images must have one shape (3, S, S), got {shapes}")
-    num_boxes = max([1] + [len(t["boxes"]) for t in targets])
-    gt_boxes = torch.full((len(batch), num_boxes, 5), -1.0)  # (B, N, 5)
-    for b, target in enumerate(targets):
-        n = len(target["boxes"])
-        gt_boxes[b, :n, :4] = target["boxes"]
-        gt_boxes[b, :n, 4] = target["labels"].float()
-    return torch.stack(images), gt_boxes, targets
+    return torch.stack(images), pad_gt_boxes(targets), targets
 
 # %%
 from torch.utils.data import DataLoader

@@ -55,7 +55,7 @@ def test_auto_follows_the_load_and_restores_torch_threads(monkeypatch, restore_t
     # Scripted readings (wall, busy seconds of the cores, own CPU seconds): one second each.
     torch.set_num_threads(2)
     monkeypatch.setattr(cpu_threads, "available_cores", lambda: [0, 1])
-    readings = iter([(0.0, 0.0, 0.0), (0.0, 0.0, 0.0),  # __init__ reads twice
+    readings = iter([(0.0, 0.0, 0.0),  # __init__'s reading
                      (1.0, 2.0, 1.3),  # a competitor took 0.7 of a core: down to 1
                      (2.0, 4.0, 2.3),  # it takes 1.0: stay at 1
                      (3.0, 5.0, 3.3)])  # it has gone: back to 2
