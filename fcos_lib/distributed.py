@@ -26,6 +26,7 @@ A script of your own, started by torchrun, does what the CLI does:
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -34,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["World", "GROUP_TIMEOUT", "StoppedOnMain", "world_from_env", "current_world", "check_global_batch", "process_device",
-           "join_process_group", "leave_process_group", "run_on_main", "barrier", "data_parallel",
+           "join_process_group", "rendezvous_store", "WorldSizeMismatch", "check_same_world_size", "leave_process_group", "run_on_main", "barrier", "data_parallel",
            "with_sync_batchnorm", "check_sync_bn", "mean_losses_and_stop", "evaluate_sharded"]
 
 
@@ -113,22 +114,82 @@ def join_process_group(world: World, device: torch.device) -> None:
     """Join torchrun's process group: NCCL when `device` is CUDA, gloo on the CPU; nothing for one process.
 
     Raises RuntimeError in one line naming MASTER_ADDR:MASTER_PORT when the group cannot be made
-    (a port in use, an address that cannot be reached, a variable missing).
+    (a port in use, an address that cannot be reached, a variable missing), and naming both
+    values when two processes were given different world sizes (check_same_world_size).
     """
     if world.size == 1 or dist.is_initialized():
         return
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
+    where = f"{os.environ.get('MASTER_ADDR', '(MASTER_ADDR not set)')}:{os.environ.get('MASTER_PORT', '(MASTER_PORT not set)')}"
     try:
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=GROUP_TIMEOUT, device_id=device if cuda else None)
+        store = rendezvous_store(world)
+        check_same_world_size(store, world)
+        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=world.rank, world_size=world.size,
+                                timeout=GROUP_TIMEOUT, device_id=device if cuda else None)
+    except WorldSizeMismatch as err:
+        raise RuntimeError(f"{err} (process group at {where})") from None
     except (RuntimeError, ValueError) as err:  # DistNetworkError, DistStoreError are RuntimeErrors
-        where = f"{os.environ.get('MASTER_ADDR', '(MASTER_ADDR not set)')}:{os.environ.get('MASTER_PORT', '(MASTER_PORT not set)')}"
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise RuntimeError(
             f"process {world.rank} of {world.size} could not join the process group at {where} ({reason}); if "
             "another run holds that port, give torchrun a free one (--master_port PORT, or --rdzv_endpoint "
             "HOST:PORT), and check that every machine reaches that address with the same --nnodes") from None
+
+
+def rendezvous_store(world: World) -> "dist.TCPStore":
+    """The key-value store at MASTER_ADDR:MASTER_PORT that the processes meet in.
+
+    As torch's env:// rendezvous makes it (process 0 serves it, or torchrun's agent does when
+    TORCHELASTIC_USE_AGENT_STORE is set), except that process 0 does not wait for the others to
+    connect first: check_same_world_size must run before anyone waits for a count of processes.
+    """
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} not set; torchrun sets them")
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=world.is_main and not agent,
+                         timeout=GROUP_TIMEOUT, wait_for_workers=False, multi_tenant=True)
+
+
+class WorldSizeMismatch(Exception):
+    """Two processes of one group were started with different WORLD_SIZE values."""
+
+
+def check_same_world_size(store, world: World, poll_seconds: float = 0.05) -> None:
+    """Every process posts its WORLD_SIZE in the rendezvous store, and waits for the others' posts.
+
+    Without this, processes given different world sizes (hand-set variables, or two launches
+    that disagree) each wait for peers that never come until GROUP_TIMEOUT (30 minutes), then fail
+    deep inside gloo or NCCL. Here a process stops as soon as it reads another world size, with
+    both values named. torchrun itself hands every process the same WORLD_SIZE, also when its
+    machines disagree on --nnodes (the rendezvous host's count wins; tried here with two launches).
+
+    Raises WorldSizeMismatch, or the store's own timeout error after GROUP_TIMEOUT.
+    """
+    # torchrun makes a new store for each restart of its workers; the count keeps keys apart anyway.
+    key = f"fcos_lib/world_size/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/{{}}".format
+    store.set(key(world.rank), str(world.size))
+    deadline = time.monotonic() + GROUP_TIMEOUT.total_seconds()
+    waiting = set(range(world.size)) - {world.rank}
+    # A process of a larger world posts a rank beyond this world: look at one rank past ours too.
+    watch = sorted(waiting | {world.size})
+    while True:
+        for rank in watch:
+            if store.check([key(rank)]):
+                size = int(store.get(key(rank)))
+                if size != world.size:
+                    raise WorldSizeMismatch(
+                        f"process {world.rank} was started with WORLD_SIZE={world.size} but process {rank} with "
+                        f"WORLD_SIZE={size}: every process of one run needs the same world size; start them all with "
+                        "one torchrun command per machine (the same --nnodes on every machine), or set WORLD_SIZE alike")
+                waiting.discard(rank)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {sorted(waiting)} of {world.size} did not arrive within {GROUP_TIMEOUT}")
+        time.sleep(poll_seconds)
 
 
 def leave_process_group() -> None:

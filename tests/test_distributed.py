@@ -241,6 +241,26 @@ def test_port_in_use(monkeypatch, capsys, tmp_path):
     assert f"127.0.0.1:{port}" in line and "--master_port" in line
 
 
+def test_mismatched_world_sizes(tmp_path):
+    # Two processes told different world sizes (hand-set variables: torchrun itself gives every
+    # process the same one) used to wait 30 minutes for peers that never come; both stop at once.
+    port = free_port()
+    started = []
+    for rank, world_size in ((0, 3), (1, 2)):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-m", "fcos_lib", "train", "--out", str(tmp_path / f"run{rank}"), "--batch-size", "6",
+                   *TINY]
+        started.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outcomes = [process.communicate(timeout=120) for process in started]
+    errors = [err.strip() for _, err in outcomes]
+    assert [process.returncode for process in started] == [2, 2], errors
+    assert all(len(err.splitlines()) == 1 for err in errors), errors
+    assert "process 0 was started with WORLD_SIZE=3 but process 1 with WORLD_SIZE=2" in errors[0], errors
+    assert f"127.0.0.1:{port}" in errors[1], errors  # the mismatch, or the store gone with process 0
+    assert not any((tmp_path / f"run{rank}").exists() for rank in (0, 1))
+
+
 def test_sync_bn_needs_cuda(capsys, tmp_path):
     assert main(["train", "--out", str(tmp_path), "--sync-bn", *TINY]) == 2
     assert "--sync-bn needs CUDA" in one_error_line(capsys)
