@@ -168,6 +168,7 @@ Ground truth: (B, N, 5) rows (x1, y1, x2, y2, c), padding rows of -1 (class -1).
 Dimension letters: B images, N boxes per image (padded), L locations of all levels
 (p3, p4, p5 concatenated), L_l locations of one level.
 """
+import functools
 import math
 
 import torch
@@ -330,6 +331,22 @@ def fcos_match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dic
     return matched_idx[0] if gt_boxes.dim() == 2 else matched_idx
 
 
+@functools.lru_cache(maxsize=32)
+def per_location_constants(level_sizes: tuple, strides: tuple, ranges: tuple, dtype: torch.dtype,
+                           device: torch.device) -> tuple:
+    """(L,) stride, lower and upper scale bound of every location, levels concatenated.
+
+    The same for every batch of one input size, so they are made once per (level sizes, strides,
+    ranges, dtype, device) and kept (a training step then builds none of them). The key holds the
+    ranges themselves, so a changed scale_ranges_per_fpn_level gets new tensors. Read them, never
+    write them in place: every caller shares them.
+    """
+    def per_location(values):  # one value per level -> (L,)
+        return torch.cat([torch.full((n,), float(v), dtype=dtype, device=device) for n, v in zip(level_sizes, values)])
+
+    return (per_location(strides), per_location([lo for lo, _ in ranges]), per_location([hi for _, hi in ranges]))
+
+
 def _match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dict, gt_boxes: torch.Tensor,
                    center_sampling_radius: float | None) -> torch.Tensor:
     """fcos_match_indices on checked (B, N, 5) gt_boxes -> (B, L) int64."""
@@ -337,14 +354,12 @@ def _match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dict, g
     B, N, _ = gt_boxes.shape
     dtype, device = gt_boxes.dtype, gt_boxes.device
     ranges = scale_ranges_per_fpn_level(strides_per_fpn_level)
-    locations, strides, lower, upper = [], [], [], []
-    for level, locs in locations_per_fpn_level.items():
-        L_l = locs.shape[0]
-        locations.append(locs.to(dtype=dtype, device=device))
-        strides.append(torch.full((L_l,), float(strides_per_fpn_level[level]), dtype=dtype, device=device))
-        lower.append(torch.full((L_l,), ranges[level][0], dtype=dtype, device=device))
-        upper.append(torch.full((L_l,), ranges[level][1], dtype=dtype, device=device))
-    locations = torch.cat(locations)  # (L, 2)
+    levels = list(locations_per_fpn_level)
+    strides, lower, upper = per_location_constants(
+        tuple(locations_per_fpn_level[level].shape[0] for level in levels),
+        tuple(float(strides_per_fpn_level[level]) for level in levels),
+        tuple(ranges[level] for level in levels), dtype, device)  # each (L,)
+    locations = torch.cat([locs.to(dtype=dtype, device=device) for locs in locations_per_fpn_level.values()])  # (L, 2)
     L = locations.shape[0]
     if N == 0:
         return torch.full((B, L), -1, dtype=torch.int64, device=device)
@@ -361,10 +376,10 @@ def _match_indices(locations_per_fpn_level: dict, strides_per_fpn_level: dict, g
     match &= (gt_boxes[..., 4] >= 0).unsqueeze(1)
     # Rule 2: this level's scale range on max(l, t, r, b), strict bounds.
     max_ltrb = torch.maximum(torch.maximum(l, t), torch.maximum(r, b))  # (B, L, N)
-    match &= (max_ltrb > torch.cat(lower).view(1, L, 1)) & (max_ltrb < torch.cat(upper).view(1, L, 1))
+    match &= (max_ltrb > lower.view(1, L, 1)) & (max_ltrb < upper.view(1, L, 1))
     # Optional: center sampling, a square of half-side radius * stride around the box centre.
     if center_sampling_radius is not None:
-        radius = center_sampling_radius * torch.cat(strides).view(1, L, 1)  # (1, L, 1)
+        radius = center_sampling_radius * strides.view(1, L, 1)  # (1, L, 1)
         dist_to_centre = torch.maximum((x - (x1 + x2) / 2).abs(), (y - (y1 + y2) / 2).abs())  # (B, L, N)
         match &= dist_to_centre < radius
     # Rule 3: the smallest area among the boxes left; the first one on an exact tie.
