@@ -81,11 +81,11 @@ def _rows() -> "OrderedDict[str, dict]":
                                         "changes": {"lr": 0.01, "schedule": "constant", "decay_norms": True,
                                                     "hflip": False}}
     rows["default, no flips"] = {"base": "default", "changes": {"hflip": False}, "what": "without flips"}
+    rows["default, ReLU deltas"] = {"base": "default", "changes": {"box_activation": "relu"},
+                                    "what": "the default with ReLU deltas (the seed's and torchvision's)"}
     # As close to the peer as fcos_lib's options go: its training and its ReLU deltas. What is left
     # differs only in the location grid ((i + 0.5) * s vs torchvision's i * s), the padding (a square
     # vs the next multiple of 32), the warm-up's length and the sampler (epochs vs with replacement).
-    rows["default, ReLU deltas"] = {"base": "default", "changes": {"box_activation": "relu"},
-                                    "what": "the default with ReLU deltas (the seed's and torchvision's)"}
     rows["default, as the peer"] = {"base": "default", "what": "the peer's training and its ReLU deltas",
                                     "changes": {"lr": 0.01, "schedule": "constant", "decay_norms": True,
                                                 "hflip": False, "box_activation": "relu"}}
