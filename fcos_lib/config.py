@@ -46,6 +46,7 @@ class TrainConfig:
     # optimisation
     iters: int = 9000
     batch_size: int = 16
+    optimizer: str = "sgd"           # "sgd" (with momentum) or "adamw" (betas (momentum, 0.999), decoupled decay)
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -90,6 +91,7 @@ _CONFIG_RULES = {
     "num_workers": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
     "num_threads": ("None, 'auto' or an int >= 1", lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1)),
     "lr": ("a finite number > 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0),
+    "optimizer": ("'sgd' or 'adamw'", lambda v: v in ("sgd", "adamw")),
     "momentum": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1),
     "weight_decay": ("a finite number >= 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
     "warmup_iters": ("an int >= 0", lambda v: _is_int(v) and v >= 0),

@@ -159,14 +159,16 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum; weight decay on conv/linear weights only (not norms, not biases), or on
-    every parameter with cfg.decay_norms (torchvision's reference recipe)."""
+    """SGD with momentum, or AdamW (cfg.optimizer); weight decay on conv/linear weights only (not
+    norms, not biases), or on every parameter with cfg.decay_norms (torchvision's reference recipe)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 and not cfg.decay_norms else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":  # decoupled weight decay: wd is a fraction of the weight per unit lr
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 

@@ -133,6 +133,7 @@ class TrainConfig:
     # optimisation
     iters: int = 9000
     batch_size: int = 16
+    optimizer: str = "sgd"           # "sgd" (with momentum) or "adamw" (betas (momentum, 0.999), decoupled decay)
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -177,6 +178,7 @@ _CONFIG_RULES = {
     "num_workers": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
     "num_threads": ("None, 'auto' or an int >= 1", lambda v: v is None or v == "auto" or (_is_int(v) and v >= 1)),
     "lr": ("a finite number > 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0),
+    "optimizer": ("'sgd' or 'adamw'", lambda v: v in ("sgd", "adamw")),
     "momentum": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and 0 <= v < 1),
     "weight_decay": ("a finite number >= 0", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
     "warmup_iters": ("an int >= 0", lambda v: _is_int(v) and v >= 0),
@@ -554,14 +556,16 @@ print("stripe moved to x in [56, 64):", bool(out_images[..., 56:].eq(1).all() an
 # %%
 #| export
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum; weight decay on conv/linear weights only (not norms, not biases), or on
-    every parameter with cfg.decay_norms (torchvision's reference recipe)."""
+    """SGD with momentum, or AdamW (cfg.optimizer); weight decay on conv/linear weights only (not
+    norms, not biases), or on every parameter with cfg.decay_norms (torchvision's reference recipe)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 and not cfg.decay_norms else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":  # decoupled weight decay: wd is a fraction of the weight per unit lr
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 

@@ -196,13 +196,38 @@ def test_build_optimizer_decay_norms(use_groupnorm):
     assert all(p.ndim > 1 for p in decayed["params"])
 
 
+def test_build_optimizer_adamw():
+    model = FCOS(3, fpn_channels=16, num_convs=1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    sgd = build_optimizer(model, TrainConfig(weight_decay=1e-3))
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9
+    adamw = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3, momentum=0.85, weight_decay=0.05))
+    assert type(adamw) is torch.optim.AdamW
+    assert adamw.defaults["lr"] == 1e-3 and adamw.defaults["betas"] == (0.85, 0.999)
+    decayed, plain = adamw.param_groups  # the same split as SGD's: no decay on norms and biases
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert _param_ids(plain) == {id(p) for p in params if p.ndim <= 1}
+    # One step on a loss moves the weights (AdamW's first step moves each by about lr).
+    before = [p.detach().clone() for p in params]
+    sum(p.sum() for p in params).backward()
+    adamw.step()
+    moved = [float((p.detach() - b).abs().max()) for p, b in zip(params, before)]
+    assert max(moved) == pytest.approx(1e-3, rel=0.05)
+
+
+def test_resume_refuses_another_optimizer(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path, iters=2), progress=False)
+    with pytest.raises(ValueError, match="optimizer"):
+        train(tiny_cfg(tiny_data, tmp_path, iters=4, optimizer="adamw"), progress=False)
+
+
 # ---------------------------------------------------------------- the config
 
 @pytest.mark.parametrize("field, value", [
     ("box_activation", "tanh"), ("centerness_on", "x"), ("assigner", "yolo"),
     ("scale_jitter", (1.2, 0.8)), ("scale_jitter", (0, 1)), ("scale_jitter", (0.5,)),
     ("scale_jitter", (0.5, float("inf"))), ("ema_decay", 1.0), ("ema_decay", 0.0), ("ema_decay", -0.5),
-    ("schedule", "linear"),
+    ("schedule", "linear"), ("optimizer", "adam"), ("optimizer", "SGD"),
 ])
 def test_config_rejects_bad_new_options(field, value):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field} must be"):
