@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iters", type=int, help=f"iterations (default: {COURSE_DEFAULT_ITERS} on the course dataset, {FULL_DEFAULT_ITERS} with --data)")
     t.add_argument("--batch-size", type=int, help="images per iteration (default: 16)")
     t.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.02 improved, 8e-3 baseline)")
+    t.add_argument("--optimizer", choices=["sgd", "adamw"],
+                   help="sgd (with momentum 0.9) or adamw; adamw's defaults are lr 1e-3, weight decay 0.05 (default: sgd)")
+    t.add_argument("--weight-decay", type=float,
+                   help="weight decay on conv and linear weights (default: 1e-4 with sgd, 0.05 with adamw)")
     t.add_argument("--recipe", choices=["improved", "baseline"], help="training recipe, chapter 09 (default: improved)")
     t.add_argument("--pretrained", action="store_true", default=None,
                    help="start from ImageNet weights (needs internet once); BatchNorm and the first two trunk stages are then frozen (default: off, from scratch)")
@@ -143,8 +147,12 @@ _TRAIN_FLAGS = {
     "in_memory": "in_memory", "workers": "num_workers", "device": "device", "out": "out", "seed": "seed",
     "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes", "skip_bad_boxes": "skip_bad_boxes",
     "ema_decay": "ema_decay", "scale_jitter": "scale_jitter", "assigner": "assigner", "threads": "num_threads",
-    "cpu_bf16": "cpu_bf16",
+    "cpu_bf16": "cpu_bf16", "optimizer": "optimizer", "weight_decay": "weight_decay",
 }
+
+# AdamW's learning rate and decoupled weight decay when --optimizer adamw comes without them: the
+# usual values for detectors trained from scratch (chapter 10's row "default, AdamW").
+ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.05}
 
 
 def _build_config(build, **kwargs) -> TrainConfig:
@@ -189,6 +197,7 @@ def config_from_args(args) -> TrainConfig:
         "num_workers": 0 if in_memory else recipe.num_workers,
         # The recipe's warm-up, shortened to a tenth of a short run; a recipe without one keeps none.
         "warmup_iters": min(recipe.warmup_iters, iters // 10),
+        **(ADAMW_DEFAULTS if given.get("optimizer") == "adamw" else {}),
     }
     return _build_config(recipe.replace, **{**defaults, **given})
 

@@ -188,15 +188,34 @@ def test_no_flags_is_the_main_job():
     ([], ["--assigner", "atss"], "assigner", "atss"),
     ([], ["--threads", "1"], "num_threads", 1),
     ([], ["--cpu-bf16"], "cpu_bf16", True),
+    ([], ["--weight-decay", "0.001"], "weight_decay", 0.001),
+    ([], ["--optimizer", "adamw"], "optimizer", "adamw"),
 ])
 def test_every_flag_reaches_the_config(context, flag, field, value):
     base, changed = cfg_of(*context), cfg_of(*context, *flag)
     assert getattr(changed, field) == value
     # ... and changes nothing else, besides the defaults the flag implies.
     implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters"}, "iters": {"warmup_iters"},
-               "in_memory": {"num_workers"}}.get(field, set())
+               "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay"}}.get(field, set())
     base, changed = dataclass_dict(base), dataclass_dict(changed)
     assert {k for k in base if base[k] != changed[k]} - implied == {field}
+
+
+def test_adamw_brings_its_own_lr_and_decay_unless_given():
+    sgd = cfg_of()
+    assert (sgd.optimizer, sgd.lr, sgd.weight_decay) == ("sgd", 0.02, 1e-4)
+    adamw = cfg_of("--optimizer", "adamw")
+    assert (adamw.optimizer, adamw.lr, adamw.weight_decay) == ("adamw", 1e-3, 0.05)
+    given = cfg_of("--optimizer", "adamw", "--lr", "3e-4", "--weight-decay", "0.01")
+    assert (given.lr, given.weight_decay) == (3e-4, 0.01)
+
+
+def test_bad_optimizer_values_name_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--optimizer", "adam"])
+    assert "--optimizer" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--weight-decay must be"):
+        cfg_of("--weight-decay", "-1")
 
 
 def dataclass_dict(cfg):
