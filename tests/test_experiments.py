@@ -10,30 +10,32 @@ from fcos_lib.data import VOCDataset
 from fcos_lib.experiments import (
     ABLATION_ROWS, BUDGETS, DESIGN_CHANGES, SEED_BASELINE, build_peer, row_config,
 )
-from fcos_lib.heldout import HELD_OUT_CLASSES, make_held_out_dataset
+from fcos_lib.heldout import CONFIRMATION_CLASSES, DATASET_CLASSES, HELD_OUT_CLASSES, make_held_out_dataset
 from fcos_lib.voc import read_class_names
 
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
     root = tmp_path_factory.mktemp("held_out")
-    return {kind: make_held_out_dataset(kind, root / kind, num_train=12, num_val=4) for kind in HELD_OUT_CLASSES}
+    return {kind: make_held_out_dataset(kind, root / kind, num_train=12, num_val=4) for kind in DATASET_CLASSES}
 
 
 def test_held_out_datasets_are_voc_layout_with_their_own_classes(held_out):
     for kind, root in held_out.items():
         assert (root / "ImageSets" / "Main" / "train.txt").read_text().split() == [f"train_{i:05d}" for i in range(12)]
         names = set(read_class_names(root, "train")) | set(read_class_names(root, "val"))
-        assert names <= set(HELD_OUT_CLASSES[kind]) and len(names) >= 3
-        data = VOCDataset(root, "train", class_names=list(HELD_OUT_CLASSES[kind]), image_size=160)
+        assert names <= set(DATASET_CLASSES[kind]) and len(names) >= 3
+        data = VOCDataset(root, "train", class_names=list(DATASET_CLASSES[kind]), image_size=160)
         image, target = data[0]
         assert image.shape == (3, 160, 160)
         boxes = target["boxes"]
         assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
-    # The two datasets share no class with each other or with the course dataset.
+    # The datasets share no class with each other or with the course dataset; "letters" is kept
+    # apart from the rows' two.
     from fcos_lib.course_data import COURSE_CLASSES
-    assert not set(HELD_OUT_CLASSES["signs"]) & set(HELD_OUT_CLASSES["tiles"])
-    assert not (set(HELD_OUT_CLASSES["signs"]) | set(HELD_OUT_CLASSES["tiles"])) & set(COURSE_CLASSES)
+    every = [*DATASET_CLASSES.values(), COURSE_CLASSES]
+    assert sum(len(set(names)) for names in every) == len(set().union(*every))
+    assert set(HELD_OUT_CLASSES) == {"signs", "tiles"} and set(CONFIRMATION_CLASSES) == {"letters"}
 
 
 def test_held_out_generation_is_reproducible_and_reused(held_out, tmp_path):
@@ -46,15 +48,16 @@ def test_held_out_generation_is_reproducible_and_reused(held_out, tmp_path):
     assert (again / ".done").stat().st_mtime_ns == stamp
 
 
-def test_held_out_marks_difficult_objects(tmp_path):
-    root = make_held_out_dataset("signs", tmp_path / "signs", num_train=40, num_val=1)
+@pytest.mark.parametrize("kind", ["signs", "letters"])
+def test_held_out_marks_difficult_objects(kind, tmp_path):
+    root = make_held_out_dataset(kind, tmp_path / kind, num_train=40, num_val=1)
     flags = [int(obj.findtext("difficult")) for xml in (root / "Annotations").glob("train_*.xml")
              for obj in ET.parse(xml).getroot().iter("object")]
     assert 0 < sum(flags) < len(flags)  # some tiny or hidden objects, most of them not
 
 
 def test_unknown_held_out_dataset_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="signs, tiles"):
+    with pytest.raises(ValueError, match="signs, tiles, letters"):
         make_held_out_dataset("faces", tmp_path)
 
 
@@ -75,6 +78,8 @@ def test_row_configs(held_out):
                                in_memory=True, num_workers=0, device="cpu", seed=0, out="out", warmup_iters=82)
     assert default == expected
     assert row_config("default + ATSS", "full", root, 0, "out") == expected.replace(assigner="atss")
+    assert row_config("default, AdamW", "full", root, 0, "out") == \
+        expected.replace(optimizer="adamw", lr=1e-3, weight_decay=0.05)
     assert set(SEED_BASELINE) <= {f.name for f in dataclasses.fields(TrainConfig)}
     with pytest.raises(ValueError, match="torchvision"):
         row_config("torchvision FCOS", "screen", root, 0, "out")
