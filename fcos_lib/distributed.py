@@ -180,6 +180,7 @@ def check_same_world_size(store, world: World, poll_seconds: float = 0.05) -> No
             if store.check([key(rank)]):
                 size = int(store.get(key(rank)))
                 if size != world.size:
+                    _leave_after_the_others_read(store, key, world, watch)
                     raise WorldSizeMismatch(
                         f"process {world.rank} was started with WORLD_SIZE={world.size} but process {rank} with "
                         f"WORLD_SIZE={size}: every process of one run needs the same world size; start them all with "
@@ -190,6 +191,27 @@ def check_same_world_size(store, world: World, poll_seconds: float = 0.05) -> No
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {sorted(waiting)} of {world.size} did not arrive within {GROUP_TIMEOUT}")
         time.sleep(poll_seconds)
+
+
+def _leave_after_the_others_read(store, key, world: World, watch, grace_seconds: float = 5.0) -> None:
+    """Mark this process as stopping, and on process 0 wait (at most `grace_seconds`) until every
+    process that posted its world size has read the mismatch too.
+
+    Process 0 hosts the store (torchrun's agent excepted): if it exits while another process is
+    half-way through a read, that process prints torch's C++ warning and a stack trace before its
+    own one-line error. Each process marks that it has seen the mismatch as its last store write.
+    """
+    seen = "{}/seen".format
+    store.set(seen(key(world.rank)), "1")
+    if world.rank != 0:
+        return
+    deadline = time.monotonic() + grace_seconds
+    others = [rank for rank in watch if rank != world.rank]
+    while time.monotonic() < deadline:
+        posted = [rank for rank in others if store.check([key(rank)])]
+        if all(store.check([seen(key(rank))]) for rank in posted):
+            return
+        time.sleep(0.05)
 
 
 def leave_process_group() -> None:

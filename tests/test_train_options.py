@@ -17,7 +17,7 @@ from fcos_lib.train import (
 )
 
 # The fields this change added to TrainConfig: a checkpoint written before it lacks all of them.
-NEW_FIELDS = ("box_activation", "centerness_on", "assigner", "scale_jitter", "ema_decay", "decay_norms")
+NEW_FIELDS = ("box_activation", "centerness_on", "assigner", "scale_jitter", "ema_decay", "decay_norms", "optimizer")
 
 
 @pytest.fixture(autouse=True)
@@ -218,7 +218,7 @@ def test_build_optimizer_adamw():
 def test_resume_refuses_another_optimizer(tiny_data, tmp_path):
     train(tiny_cfg(tiny_data, tmp_path, iters=2), progress=False)
     with pytest.raises(ValueError, match="optimizer"):
-        train(tiny_cfg(tiny_data, tmp_path, iters=4, optimizer="adamw"), progress=False)
+        train(tiny_cfg(tiny_data, tmp_path, iters=4, optimizer="adamw"), resume=True, progress=False)
 
 
 # ---------------------------------------------------------------- the config
