@@ -150,10 +150,6 @@ _TRAIN_FLAGS = {
     "cpu_bf16": "cpu_bf16", "optimizer": "optimizer", "weight_decay": "weight_decay",
 }
 
-# AdamW's learning rate and decoupled weight decay when --optimizer adamw comes without them: the
-# usual values for detectors trained from scratch (chapter 10's row "default, AdamW").
-ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.05}
-
 
 def _build_config(build, **kwargs) -> TrainConfig:
     """Call `build`; a TrainConfig range error names the command-line flag, not the field."""
@@ -174,7 +170,7 @@ def config_from_args(args) -> TrainConfig:
     fcos_lib.train.train refuses the changes that would alter the run).
     """
     from fcos_lib.checkpoint import load_checkpoint
-    from fcos_lib.config import TrainConfig, baseline_recipe, improved_recipe
+    from fcos_lib.config import ADAMW_DEFAULTS, TrainConfig, baseline_recipe, improved_recipe
 
     given = {field: getattr(args, dest) for dest, field in _TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     if "scale_jitter" in given:

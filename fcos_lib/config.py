@@ -8,7 +8,7 @@ GroupNorm, centre sampling, GIoU, flips, lr 0.02 with warm-up and cosine decay (
 """
 from __future__ import annotations
 
-__all__ = ['TrainConfig', 'check_config', 'RESUMABLE_CHANGES', 'config_differences', 'baseline_recipe', 'improved_recipe', 'COURSE_ITERS', 'VOC_ITERS', 'course_recipe', 'voc_recipe', 'recipe_for_mode', 'resolve_device']
+__all__ = ['TrainConfig', 'check_config', 'RESUMABLE_CHANGES', 'config_differences', 'ADAMW_DEFAULTS', 'baseline_recipe', 'improved_recipe', 'COURSE_ITERS', 'VOC_ITERS', 'course_recipe', 'voc_recipe', 'recipe_for_mode', 'resolve_device']
 
 import dataclasses
 import math
@@ -153,6 +153,11 @@ def config_differences(saved: dict, cfg: TrainConfig) -> dict:
     old = {name: saved.get(name, defaults[name]) for name in new}
     return {name: (old[name], value) for name, value in new.items()
             if name not in RESUMABLE_CHANGES and not same(old[name], value)}
+
+
+# AdamW's learning rate and decoupled weight decay for detectors trained from scratch: what
+# `--optimizer adamw` uses unless told otherwise (chapter 10 measures it).
+ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.05}
 
 
 def baseline_recipe(**changes) -> TrainConfig:

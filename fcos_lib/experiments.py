@@ -24,7 +24,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from fcos_lib.backbone import RETURN_NODES, make_regnet_x_400mf, stage_out_channels
 from fcos_lib.checkpoint import model_from_checkpoint
-from fcos_lib.config import TrainConfig, baseline_recipe, improved_recipe
+from fcos_lib.config import ADAMW_DEFAULTS, TrainConfig, baseline_recipe, improved_recipe
 from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.evaluate import detection_metrics, evaluate
 from fcos_lib.transforms import boxes_to_original
@@ -98,7 +98,7 @@ def _rows() -> "OrderedDict[str, dict]":
     # picks it by itself for runs under 10,000 iterations). The learning rate and decay are AdamW's
     # usual ones for detectors trained from scratch, not tuned here.
     rows["default, AdamW"] = {"base": "default", "what": "AdamW lr 1e-3, weight decay 0.05 (decoupled)",
-                              "changes": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}}
+                              "changes": {"optimizer": "adamw", **ADAMW_DEFAULTS}}
     # Speed, not the recipe (issue 14): the same training with bfloat16 autocast on the CPU.
     rows["default, bf16 on the CPU"] = {"base": "default", "changes": {"cpu_bf16": True},
                                         "what": "the default in bfloat16 autocast (cpu_bf16)"}

@@ -186,6 +186,14 @@ def _letters_background(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
     return image + 5.0 * rng.standard_normal((H, W, 3)).astype(np.float32)
 
 
+def _mark_difficult(objects: list[dict], owner: np.ndarray, to_image: float) -> None:
+    """Flag each object `difficult` when it is tiny (under 10 px at 224) or less than 40 % visible."""
+    for j, obj in enumerate(objects):
+        x1, y1, x2, y2 = obj["box"]
+        tiny = max(x2 - x1, y2 - y1) < 10 * to_image
+        obj["difficult"] = tiny or int((owner == j).sum()) < 0.4 * obj["area"]
+
+
 def _paste(canvas, owner, x, y, mask, patch, index):
     region = canvas[y:y + mask.shape[0], x:x + mask.shape[1]]
     region[mask] = patch[mask]
@@ -248,11 +256,7 @@ def _held_out_image(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, li
         ys, xs = np.nonzero(mask)
         objects.append({"name": name, "box": (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1,
                                               y + int(ys.max()) + 1), "area": int(mask.sum())})
-    for j, obj in enumerate(objects):
-        visible = int((owner == j).sum())
-        x1, y1, x2, y2 = obj["box"]
-        tiny = max(x2 - x1, y2 - y1) < 10 * to_image
-        obj["difficult"] = tiny or visible < 0.4 * obj["area"]
+    _mark_difficult(objects, owner, to_image)
     return np.clip(np.round(canvas), 0, 255).astype(np.uint8), objects
 
 
@@ -283,10 +287,7 @@ def _letters_image(rng: np.random.Generator, H: int, W: int, to_image: float) ->
         _paste(canvas, owner, x, y, mask, patch, -2 if name is None else len(objects))
         if name is not None:
             objects.append({"name": name, "box": (x, y, x + w, y + h), "area": int(mask.sum())})
-    for j, obj in enumerate(objects):
-        x1, y1, x2, y2 = obj["box"]
-        tiny = max(x2 - x1, y2 - y1) < 10 * to_image
-        obj["difficult"] = tiny or int((owner == j).sum()) < 0.4 * obj["area"]
+    _mark_difficult(objects, owner, to_image)
     return np.clip(np.round(canvas), 0, 255).astype(np.uint8), objects
 
 

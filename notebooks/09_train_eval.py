@@ -242,6 +242,11 @@ def config_differences(saved: dict, cfg: TrainConfig) -> dict:
             if name not in RESUMABLE_CHANGES and not same(old[name], value)}
 
 
+# AdamW's learning rate and decoupled weight decay for detectors trained from scratch: what
+# `--optimizer adamw` uses unless told otherwise (chapter 10 measures it).
+ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.05}
+
+
 def baseline_recipe(**changes) -> TrainConfig:
     """The seed's recipe: no GroupNorm, no centre sampling, L1 box loss, step schedule, no flips."""
     return TrainConfig(

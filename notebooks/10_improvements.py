@@ -293,6 +293,14 @@ def _letters_background(rng: np.random.Generator, H: int, W: int) -> np.ndarray:
     return image + 5.0 * rng.standard_normal((H, W, 3)).astype(np.float32)
 
 
+def _mark_difficult(objects: list[dict], owner: np.ndarray, to_image: float) -> None:
+    """Flag each object `difficult` when it is tiny (under 10 px at 224) or less than 40 % visible."""
+    for j, obj in enumerate(objects):
+        x1, y1, x2, y2 = obj["box"]
+        tiny = max(x2 - x1, y2 - y1) < 10 * to_image
+        obj["difficult"] = tiny or int((owner == j).sum()) < 0.4 * obj["area"]
+
+
 def _paste(canvas, owner, x, y, mask, patch, index):
     region = canvas[y:y + mask.shape[0], x:x + mask.shape[1]]
     region[mask] = patch[mask]
@@ -355,11 +363,7 @@ def _held_out_image(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, li
         ys, xs = np.nonzero(mask)
         objects.append({"name": name, "box": (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1,
                                               y + int(ys.max()) + 1), "area": int(mask.sum())})
-    for j, obj in enumerate(objects):
-        visible = int((owner == j).sum())
-        x1, y1, x2, y2 = obj["box"]
-        tiny = max(x2 - x1, y2 - y1) < 10 * to_image
-        obj["difficult"] = tiny or visible < 0.4 * obj["area"]
+    _mark_difficult(objects, owner, to_image)
     return np.clip(np.round(canvas), 0, 255).astype(np.uint8), objects
 
 
@@ -390,10 +394,7 @@ def _letters_image(rng: np.random.Generator, H: int, W: int, to_image: float) ->
         _paste(canvas, owner, x, y, mask, patch, -2 if name is None else len(objects))
         if name is not None:
             objects.append({"name": name, "box": (x, y, x + w, y + h), "area": int(mask.sum())})
-    for j, obj in enumerate(objects):
-        x1, y1, x2, y2 = obj["box"]
-        tiny = max(x2 - x1, y2 - y1) < 10 * to_image
-        obj["difficult"] = tiny or int((owner == j).sum()) < 0.4 * obj["area"]
+    _mark_difficult(objects, owner, to_image)
     return np.clip(np.round(canvas), 0, 255).astype(np.uint8), objects
 
 # %%
@@ -783,7 +784,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from fcos_lib.backbone import RETURN_NODES, make_regnet_x_400mf, stage_out_channels
 from fcos_lib.checkpoint import model_from_checkpoint
-from fcos_lib.config import TrainConfig, baseline_recipe, improved_recipe
+from fcos_lib.config import ADAMW_DEFAULTS, TrainConfig, baseline_recipe, improved_recipe
 from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.evaluate import detection_metrics, evaluate
 from fcos_lib.transforms import boxes_to_original
@@ -857,7 +858,7 @@ def _rows() -> "OrderedDict[str, dict]":
     # picks it by itself for runs under 10,000 iterations). The learning rate and decay are AdamW's
     # usual ones for detectors trained from scratch, not tuned here.
     rows["default, AdamW"] = {"base": "default", "what": "AdamW lr 1e-3, weight decay 0.05 (decoupled)",
-                              "changes": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}}
+                              "changes": {"optimizer": "adamw", **ADAMW_DEFAULTS}}
     # Speed, not the recipe (issue 14): the same training with bfloat16 autocast on the CPU.
     rows["default, bf16 on the CPU"] = {"base": "default", "changes": {"cpu_bf16": True},
                                         "what": "the default in bfloat16 autocast (cpu_bf16)"}
