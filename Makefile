@@ -13,8 +13,9 @@
 #                (about 2 hours on 2 cores)
 #   make ablations  chapter 10's table: every ablation row on the two held-out datasets, 2 seeds
 #                (bench/ablations.py -> bench/results/ablations.json, then chapter 10 re-executed;
-#                screen rows 1-3 minutes per run, 4 runs per row; the full-budget default and peer
-#                8-15 minutes per run, 8 runs; about 3 hours on 2 cores in all; resumable)
+#                screen rows 1-3 minutes per run, 4 runs per row; the full-budget rows (version
+#                0.1's default, today's, the peer) 8-15 minutes per run, 12 runs; the main job with
+#                both defaults, 3 minutes per run, 4 runs; about 4 hours on 2 cores in all; resumable)
 #   make figures the README's images (docs/images/): the main job's loss curve and detections,
 #                and the fcos_lib-vs-torchvision chart from bench/results/ (about 7 min on 2 cores)
 #   make colab   rewrite every Colab badge and install cell from [tool.fcos-course] in pyproject.toml
@@ -78,7 +79,8 @@ bench-torchvision: $(STAMP)
 ablations: $(STAMP)
 	$(PY) bench/ablations.py --budget smoke --rows "course default" --datasets signs --seeds 0
 	$(PY) bench/ablations.py --budget screen $(ARGS)
-	$(PY) bench/ablations.py --budget full --rows "course default" "torchvision FCOS"
+	$(PY) bench/ablations.py --budget full --rows "course default" "default, peer's optimiser" "torchvision FCOS"
+	$(PY) bench/main_job.py --rows "course default" "default, peer's optimiser"
 	$(PY) tools/regen.py notebooks/10_improvements.py
 
 figures: $(STAMP)

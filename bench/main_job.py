@@ -1,0 +1,103 @@
+"""Chapter 10's rows on the course's main job: does a change of the default hold where it is used most?
+
+The held-out datasets (bench/ablations.py) decide whether a change is general; this script checks
+it on the main job itself: `python -m fcos_lib train` on the generated course dataset (300
+iterations, batch 16, 224 px, from scratch, on the CPU), with one ablation row's changes on top,
+evaluated as `python -m fcos_lib train` evaluates (its metrics.json). Results go to
+bench/results/main_job.json, one entry per (row, seed); rows already there are skipped.
+
+    .venv/bin/python bench/main_job.py --rows "course default" "default, peer's training" --seeds 0 1
+    .venv/bin/python bench/main_job.py --markdown            # the stored results as a table
+
+About 3 minutes a run on the 2-core development CPU. Run nothing else meanwhile.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fcos_lib.cli import build_parser, config_from_args  # noqa: E402
+from fcos_lib.config import TrainConfig  # noqa: E402
+from fcos_lib.experiments import ABLATION_ROWS, ROWS_DEFAULT, SEEDS  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "main_job.json"
+KEYS = ("voc07_map50", "map50", "map")
+
+
+def main_job_config(row: str, seed: int, out) -> TrainConfig:
+    """`python -m fcos_lib train --seed SEED --out OUT` with the row's changes (the rows' default written out)."""
+    spec = ABLATION_ROWS[row]
+    if spec.get("peer") or spec["base"] != "default":
+        raise ValueError(f"row {row!r} is not a change of the course default; the main job runs those only")
+    cfg = config_from_args(build_parser().parse_args(["train", "--seed", str(seed), "--out", str(out)]))
+    return cfg.replace(**ROWS_DEFAULT).replace(**spec["changes"])
+
+
+def _digest(row: str) -> str:
+    return hashlib.sha1(json.dumps({"row": ABLATION_ROWS[row], "job": "main"}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def markdown_table(runs: dict, seeds) -> str:
+    lines = [f"| row (main job, seeds {', '.join(map(str, seeds))}) | VOC07 mAP@0.5 | COCO AP50 | mAP@[.5:.95] |",
+             "|---|---|---|---|"]
+    for row in ABLATION_ROWS:
+        found = [runs[f"{row} | seed {s}"] for s in seeds if f"{row} | seed {s}" in runs]
+        if len(found) < len(seeds):
+            continue
+        cells = []
+        for key in KEYS:
+            values = [f[key] for f in found]
+            cells.append(f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from fcos_lib.report import write_run_report
+    from fcos_lib.train import train
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="*", default=["course default"], help="ablation rows (default: course default)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--out", default="runs/main_job")
+    parser.add_argument("--markdown", action="store_true", help="print the stored results as a Markdown table and stop")
+    args = parser.parse_args()
+    path = Path(args.results)
+    if args.markdown:
+        print(markdown_table(json.loads(path.read_text())["runs"], args.seeds))
+        return
+    unknown = [r for r in args.rows if r not in ABLATION_ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; bench/ablations.py --list shows them")
+    configs = {row: {s: main_job_config(row, s, Path(args.out) / f"seed{s}" / row.replace(" ", "_"))
+                     for s in args.seeds} for row in args.rows}  # every row checked before any training
+    for row, by_seed in configs.items():
+        for seed, cfg in by_seed.items():
+            key = f"{row} | seed {seed}"
+            results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+            if results["runs"].get(key, {}).get("spec") == _digest(row):
+                print(f"have  {key}")
+                continue
+            print(f"run   {key}", flush=True)
+            state = train(cfg, overwrite=True, progress=False)
+            metrics = write_run_report(cfg, state)
+            entry = {k: metrics[k] for k in KEYS}
+            entry.update(spec=_digest(row), train_seconds=round(state["train_seconds"], 1),
+                         measured=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
+            results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+            results["runs"][key] = entry
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            print(f"done  {key}: " + ", ".join(f"{k} {entry[k]:.3f}" for k in KEYS), flush=True)
+
+
+if __name__ == "__main__":
+    main()
