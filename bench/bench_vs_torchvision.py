@@ -12,8 +12,9 @@ fcos_lib / torchvision, and whether the 1.5x goal is met.
 fcos_lib: exactly what `python -m fcos_lib train --data DIR --iters N --batch-size B --image-size S
 --seed K` runs. The config is built by the CLI's own `fcos_lib.cli.config_from_args` (so the two
 cannot drift): improved_recipe (p3-p5, width 64, GroupNorm head, centre sampling 1.5, GIoU, exp
-box deltas, centerness on the regression stem, flips, SGD lr 0.02, warm-up min(500, N // 10),
-cosine, clip 10), only with --in-memory and --device cpu added (the same batches, decoded once).
+box deltas, centerness on the regression stem, flips, SGD lr 0.01 with weight decay on every
+parameter, warm-up min(500, N // 10), then constant, clip 10), only with --in-memory and --device
+cpu added (the same batches, decoded once).
 
 torchvision: fcos_lib.experiments' peer, the issue's exact setup (`build_peer`, `train_peer`,
 `score_peer`):
@@ -40,7 +41,7 @@ Equal wall-clock (`--minutes M`): after the equal-iteration runs, each detector'
 training step are measured on each dataset (10 timed steps after 2 untimed ones, each model
 trained from scratch, batches as in its real run), and each detector then trains, from scratch,
 floor(M * 60 / step seconds) iterations: fcos_lib as `python -m fcos_lib train --iters THAT`
-(so its warm-up is a tenth of that, its cosine spans it), torchvision with `train_peer`'s schedule
+(so its warm-up is a tenth of that), torchvision with `train_peer`'s schedule
 scaled to it. The iteration counts and the seconds each run really trained are printed. Timings
 are only as fair as the machine is quiet: run it alone.
 

@@ -67,11 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, help="square network input in pixels, a multiple of 32 (default: 224)")
     t.add_argument("--iters", type=int, help=f"iterations (default: {COURSE_DEFAULT_ITERS} on the course dataset, {FULL_DEFAULT_ITERS} with --data)")
     t.add_argument("--batch-size", type=int, help="images per iteration (default: 16)")
-    t.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.02 improved, 8e-3 baseline)")
+    t.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.01 improved, 8e-3 baseline)")
     t.add_argument("--optimizer", choices=["sgd", "adamw"],
                    help="sgd (with momentum 0.9) or adamw; adamw's defaults are lr 1e-3, weight decay 0.05 (default: sgd)")
     t.add_argument("--weight-decay", type=float,
                    help="weight decay on conv and linear weights (default: 1e-4 with sgd, 0.05 with adamw)")
+    t.add_argument("--schedule", choices=["cosine", "step", "constant"],
+                   help="learning rate after the warm-up: cosine decay to 0, steps at 60 %% and 90 %%, or constant "
+                        "(default: the recipe's: constant improved, cosine improved with --pretrained, step baseline)")
+    t.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips of the training images; flips help photos of things that look "
+                        "the same mirrored, and hurt text and other handed shapes (default: the recipe's, on improved, off baseline)")
     t.add_argument("--recipe", choices=["improved", "baseline"], help="training recipe, chapter 09 (default: improved)")
     t.add_argument("--pretrained", action="store_true", default=None,
                    help="start from ImageNet weights (needs internet once); BatchNorm and the first two trunk stages are then frozen (default: off, from scratch)")
@@ -147,7 +153,8 @@ _TRAIN_FLAGS = {
     "in_memory": "in_memory", "workers": "num_workers", "device": "device", "out": "out", "seed": "seed",
     "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes", "skip_bad_boxes": "skip_bad_boxes",
     "ema_decay": "ema_decay", "scale_jitter": "scale_jitter", "assigner": "assigner", "threads": "num_threads",
-    "cpu_bf16": "cpu_bf16", "optimizer": "optimizer", "weight_decay": "weight_decay",
+    "cpu_bf16": "cpu_bf16", "optimizer": "optimizer", "weight_decay": "weight_decay", "schedule": "schedule",
+    "hflip": "hflip",
 }
 
 
@@ -170,7 +177,7 @@ def config_from_args(args) -> TrainConfig:
     fcos_lib.train.train refuses the changes that would alter the run).
     """
     from fcos_lib.checkpoint import load_checkpoint
-    from fcos_lib.config import ADAMW_DEFAULTS, TrainConfig, baseline_recipe, improved_recipe
+    from fcos_lib.config import ADAMW_DEFAULTS, FINE_TUNING, TrainConfig, baseline_recipe, improved_recipe
 
     given = {field: getattr(args, dest) for dest, field in _TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     if "scale_jitter" in given:
@@ -194,6 +201,8 @@ def config_from_args(args) -> TrainConfig:
         # The recipe's warm-up, shortened to a tenth of a short run; a recipe without one keeps none.
         "warmup_iters": min(recipe.warmup_iters, iters // 10),
         **(ADAMW_DEFAULTS if given.get("optimizer") == "adamw" else {}),
+        # Fine-tuning keeps torchvision's cosine schedule, as chapter 09's voc_recipe does.
+        **(FINE_TUNING if given.get("pretrained_backbone") and args.recipe in (None, "improved") else {}),
     }
     return _build_config(recipe.replace, **{**defaults, **given})
 

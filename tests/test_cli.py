@@ -196,18 +196,35 @@ def test_every_flag_reaches_the_config(context, flag, field, value):
     assert getattr(changed, field) == value
     # ... and changes nothing else, besides the defaults the flag implies.
     implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters"}, "iters": {"warmup_iters"},
-               "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay"}}.get(field, set())
+               "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay"},
+               "pretrained_backbone": {"schedule", "decay_norms"}}.get(field, set())
     base, changed = dataclass_dict(base), dataclass_dict(changed)
     assert {k for k in base if base[k] != changed[k]} - implied == {field}
 
 
 def test_adamw_brings_its_own_lr_and_decay_unless_given():
     sgd = cfg_of()
-    assert (sgd.optimizer, sgd.lr, sgd.weight_decay) == ("sgd", 0.02, 1e-4)
+    assert (sgd.optimizer, sgd.lr, sgd.weight_decay) == ("sgd", 0.01, 1e-4)
     adamw = cfg_of("--optimizer", "adamw")
     assert (adamw.optimizer, adamw.lr, adamw.weight_decay) == ("adamw", 1e-3, 0.05)
     given = cfg_of("--optimizer", "adamw", "--lr", "3e-4", "--weight-decay", "0.01")
     assert (given.lr, given.weight_decay) == (3e-4, 0.01)
+
+
+def test_schedule_and_flip_flags_reach_the_config(capsys):
+    assert (cfg_of().schedule, cfg_of().hflip) == (improved_recipe().schedule, improved_recipe().hflip)
+    for schedule in ("cosine", "step", "constant"):
+        assert cfg_of("--schedule", schedule).schedule == schedule
+    assert cfg_of("--hflip").hflip is True and cfg_of("--no-hflip").hflip is False
+    assert cfg_of("--recipe", "baseline", "--hflip").hflip is True  # a recipe's value, overridden
+    # Fine-tuning from ImageNet weights keeps the cosine schedule and no decay on norms, as voc_recipe does.
+    tuned = cfg_of("--pretrained")
+    assert (tuned.schedule, tuned.decay_norms, tuned.lr) == ("cosine", False, improved_recipe().lr)
+    assert cfg_of("--pretrained", "--schedule", "constant").schedule == "constant"
+    assert cfg_of("--recipe", "baseline", "--pretrained").schedule == "step"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--schedule", "linear"])
+    assert "--schedule" in capsys.readouterr().err
 
 
 def test_bad_optimizer_values_name_the_flag(capsys):

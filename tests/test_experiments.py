@@ -5,10 +5,11 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
+from fcos_lib.cli import build_parser, config_from_args
 from fcos_lib.config import TrainConfig, improved_recipe
 from fcos_lib.data import VOCDataset
 from fcos_lib.experiments import (
-    ABLATION_ROWS, BUDGETS, DESIGN_CHANGES, SEED_BASELINE, build_peer, row_config,
+    ABLATION_ROWS, BUDGETS, DESIGN_CHANGES, ROWS_DEFAULT, SEED_BASELINE, build_peer, row_config,
 )
 from fcos_lib.heldout import CONFIRMATION_CLASSES, DATASET_CLASSES, HELD_OUT_CLASSES, make_held_out_dataset
 from fcos_lib.voc import read_class_names
@@ -72,11 +73,19 @@ def test_row_configs(held_out):
         assert {k: getattr(all_six, k) for k in changes} == changes
         assert {k: getattr(row_config("+ " + next(n for n, c in DESIGN_CHANGES.items() if c == changes),
                                       "screen", root, 0, "out"), k) for k in changes} == changes
-    # The course default is what `python -m fcos_lib train --data DIR --iters N` runs.
+    # The row "course default" is version 0.1's recipe, written out (ROWS_DEFAULT), so that its
+    # stored results keep their meaning; every "default" row changes it ...
     default = row_config("course default", "full", root, 0, "out")
-    expected = improved_recipe(data=str(root), classes=default.classes, iters=828, batch_size=16, image_size=224,
-                               in_memory=True, num_workers=0, device="cpu", seed=0, out="out", warmup_iters=82)
+    expected = improved_recipe(**ROWS_DEFAULT, data=str(root), classes=default.classes, iters=828, batch_size=16,
+                               image_size=224, in_memory=True, num_workers=0, device="cpu", seed=0, out="out",
+                               warmup_iters=82)
     assert default == expected
+    # ... and the row chapter 09 adopted is what `python -m fcos_lib train --data DIR --iters N` runs now.
+    adopted = row_config("default, peer's optimiser", "full", root, 0, "out")
+    cli = config_from_args(build_parser().parse_args([
+        "train", "--data", str(root), "--iters", "828", "--batch-size", "16", "--image-size", "224", "--in-memory",
+        "--workers", "0", "--device", "cpu", "--seed", "0", "--out", "out"]))
+    assert adopted == cli.replace(classes=adopted.classes, num_threads=None)
     assert row_config("default + ATSS", "full", root, 0, "out") == expected.replace(assigner="atss")
     assert row_config("default, AdamW", "full", root, 0, "out") == \
         expected.replace(optimizer="adamw", lr=1e-3, weight_decay=0.05)

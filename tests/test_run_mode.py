@@ -100,6 +100,8 @@ def test_the_voc_recipe_trains_voc07_trainval_from_imagenet_weights(tmp_path):
     cfg = voc_recipe(tmp_path, out="runs/voc07")
     assert (cfg.data, cfg.classes, cfg.train_split, cfg.val_split) == (str(tmp_path), VOC_CLASSES, "trainval", "test")
     assert cfg.pretrained_backbone and cfg.iters == VOC_ITERS
+    # Fine-tuning keeps torchvision's reference schedule, not the from-scratch constant rate.
+    assert (cfg.lr, cfg.schedule, cfg.decay_norms, cfg.hflip) == (0.01, "cosine", False, True)
 
 
 def test_scores_without_centerness_are_the_class_probabilities():

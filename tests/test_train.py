@@ -102,7 +102,7 @@ def test_flip_moves_boxes_with_pixels():
 def test_learning_rate_schedules():
     step = baseline_recipe(iters=100)
     assert [round(lr_multiplier(i, step), 6) for i in (0, 59, 60, 90)] == [1.0, 1.0, 0.1, 0.01]
-    cosine = improved_recipe(iters=100, warmup_iters=10)
+    cosine = improved_recipe(iters=100, warmup_iters=10, schedule="cosine")
     assert lr_multiplier(0, cosine) == pytest.approx(0.001)
     assert lr_multiplier(50, cosine) == pytest.approx(0.5)
     assert lr_multiplier(100, cosine) == pytest.approx(0.0)
