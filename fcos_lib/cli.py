@@ -69,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="images per iteration (default: 16)")
     t.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.01 improved, 8e-3 baseline)")
     t.add_argument("--optimizer", choices=["sgd", "adamw"],
-                   help="sgd (with momentum 0.9) or adamw; adamw's defaults are lr 1e-3, weight decay 0.05 (default: sgd)")
+                   help="sgd (with momentum 0.9) or adamw; adamw's defaults are lr 1e-3, weight decay 0.05, cosine schedule, "
+                        "no decay on norms, as chapter 10 measured it (default: sgd)")
     t.add_argument("--weight-decay", type=float,
-                   help="weight decay on conv and linear weights (default: 1e-4 with sgd, 0.05 with adamw)")
+                   help="weight decay; on every parameter in the improved recipe from scratch, on conv and linear weights "
+                        "only with --pretrained, --optimizer adamw or the baseline (default: 1e-4 with sgd, 0.05 with adamw)")
     t.add_argument("--schedule", choices=["cosine", "step", "constant"],
                    help="learning rate after the warm-up: cosine decay to 0, steps at 60 %% and 90 %%, or constant "
                         "(default: the recipe's: constant improved, cosine improved with --pretrained, step baseline)")
@@ -177,7 +179,7 @@ def config_from_args(args) -> TrainConfig:
     fcos_lib.train.train refuses the changes that would alter the run).
     """
     from fcos_lib.checkpoint import load_checkpoint
-    from fcos_lib.config import ADAMW_DEFAULTS, FINE_TUNING, TrainConfig, baseline_recipe, improved_recipe
+    from fcos_lib.config import ADAMW_DEFAULTS, ADAMW_SCHEDULE, FINE_TUNING, TrainConfig, baseline_recipe, improved_recipe
 
     given = {field: getattr(args, dest) for dest, field in _TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     if "scale_jitter" in given:
@@ -200,7 +202,7 @@ def config_from_args(args) -> TrainConfig:
         "num_workers": 0 if in_memory else recipe.num_workers,
         # The recipe's warm-up, shortened to a tenth of a short run; a recipe without one keeps none.
         "warmup_iters": min(recipe.warmup_iters, iters // 10),
-        **(ADAMW_DEFAULTS if given.get("optimizer") == "adamw" else {}),
+        **({**ADAMW_DEFAULTS, **ADAMW_SCHEDULE} if given.get("optimizer") == "adamw" else {}),
         # Fine-tuning keeps torchvision's cosine schedule, as chapter 09's voc_recipe does.
         **(FINE_TUNING if given.get("pretrained_backbone") and args.recipe in (None, "improved") else {}),
     }

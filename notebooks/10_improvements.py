@@ -1264,9 +1264,9 @@ toward_peer_table(rows=("course default", "default + ATSS", "default, AdamW", "t
 #   on every dataset.
 # - **And it halves the main job.** On the course data, 300 iterations (`python -m fcos_lib train
 #   --optimizer adamw` against `make train`), AdamW reaches VOC07 mAP@0.5 **0.302** where SGD
-#   reaches **0.633**; its classification loss ends at 0.34 against SGD's 0.26. So AdamW is
-#   **not adopted**: a default must win where it is used, and the main job is where it is used
-#   most. Three held-out datasets at one budget did not predict a fourth setting (pitfall
+#   reaches **0.633** (version 0.1's recipe); its classification loss ends at 0.34 against SGD's
+#   0.26. So AdamW is **not adopted**: a default must win where it is used, and the main job is
+#   where it is used most. Three held-out datasets at one budget did not predict a fourth setting (pitfall
 #   [P16](../docs/pitfalls.md#p16-a-recipe-chosen-on-the-data-it-is-judged-on-from-one-run)).
 #   For a user's own data and a schedule like the held-out ones it is one flag to try:
 #   `--optimizer adamw`.

@@ -196,7 +196,7 @@ def test_every_flag_reaches_the_config(context, flag, field, value):
     assert getattr(changed, field) == value
     # ... and changes nothing else, besides the defaults the flag implies.
     implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters"}, "iters": {"warmup_iters"},
-               "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay"},
+               "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay", "schedule", "decay_norms"},
                "pretrained_backbone": {"schedule", "decay_norms"}}.get(field, set())
     base, changed = dataclass_dict(base), dataclass_dict(changed)
     assert {k for k in base if base[k] != changed[k]} - implied == {field}
@@ -207,6 +207,9 @@ def test_adamw_brings_its_own_lr_and_decay_unless_given():
     assert (sgd.optimizer, sgd.lr, sgd.weight_decay) == ("sgd", 0.01, 1e-4)
     adamw = cfg_of("--optimizer", "adamw")
     assert (adamw.optimizer, adamw.lr, adamw.weight_decay) == ("adamw", 1e-3, 0.05)
+    # ... and the schedule chapter 10 measured it with, not the SGD recipe's constant rate.
+    assert (adamw.schedule, adamw.decay_norms) == ("cosine", False)
+    assert cfg_of("--optimizer", "adamw", "--schedule", "constant").schedule == "constant"
     given = cfg_of("--optimizer", "adamw", "--lr", "3e-4", "--weight-decay", "0.01")
     assert (given.lr, given.weight_decay) == (3e-4, 0.01)
 
