@@ -850,6 +850,11 @@ def _rows() -> "OrderedDict[str, dict]":
     rows["default, peer's optimiser"] = {"base": "default", "what": "the peer's training with the default's flips: "
                                          "lr 0.01 constant after the warm-up, weight decay on norms too",
                                          "changes": {"lr": 0.01, "schedule": "constant", "decay_norms": True}}
+    # The same with the rate cut tenfold for the last 10 % of the run: does a late decay win back
+    # the tight boxes (mAP@[.5:.95]) that the constant rate costs on the main job?
+    rows["default, peer's optimiser, late step"] = {
+        "base": "default", "what": "the peer's optimiser with flips, lr x0.1 for the last 10 % of iterations",
+        "changes": {"lr": 0.01, "schedule": "step", "steps": (0.9,), "decay_norms": True}}
     rows["default, no flips"] = {"base": "default", "changes": {"hflip": False}, "what": "without flips"}
     rows["default, ReLU deltas"] = {"base": "default", "changes": {"box_activation": "relu"},
                                     "what": "the default with ReLU deltas (the seed's and torchvision's)"}
@@ -1304,18 +1309,20 @@ def seed_table(rows, datasets, seeds, budget="full"):
     for row in rows:
         for dataset in datasets:
             found = {s: results[k]["map50"] for s in seeds if (k := f"{row} | {dataset} | seed {s} | {budget}") in results}
+            if not found:
+                continue
             cells = "".join(f"{found[s]:9.3f}" if s in found else f"{'-':>9s}" for s in seeds)
             print(f"{row:28s}{dataset:9s}{cells}{mean(list(found.values())):8.3f}")
 
 
-seed_table(("course default", "default, peer's training", "default, peer's optimiser", "torchvision FCOS"),
-           tuple(DATASET_CLASSES), seeds=(0, 1, 2))
+seed_table(("course default", "default, peer's training", "default, peer's optimiser",
+            "default, peer's optimiser, late step", "torchvision FCOS"), tuple(DATASET_CLASSES), seeds=(0, 1, 2))
 
 # %%
 MAIN_JOB = Path("..") / "bench" / "results" / "main_job.json"
 main_job = json.loads(MAIN_JOB.read_text())["runs"] if MAIN_JOB.is_file() else {}
 print(f"{'main job (300 it, course data)':36s}{'VOC07 mAP@0.5':>16s}{'AP50':>8s}{'mAP':>8s}")
-for row in ("course default", "default, peer's optimiser"):
+for row in ("course default", "default, peer's optimiser", "default, peer's optimiser, late step"):
     found = [main_job[k] for s in SEEDS if (k := f"{row} | seed {s}") in main_job]
     if not found:
         print(f"{row:36s}{'not measured':>16s}")
@@ -1351,6 +1358,12 @@ for row in ("course default", "default, peer's optimiser"):
 # - **The goal of 1.5x is still not met**: 1.17x, 1.39x and 0.99x. The best row on each dataset
 #   (this one on `signs`, AdamW on `tiles` at 1.93x, the peer's training on `letters` at 1.58x)
 #   is a different row each time.
+# - **The next candidate: a late step.** The same optimiser with the rate cut tenfold for the last
+#   10 % of the run ("default, peer's optimiser, late step") wins back the tight boxes on the main
+#   job and keeps the gain at IoU 0.5: VOC07 mAP@0.5 0.701 (0.681-0.722), AP50 0.717, mAP@[.5:.95]
+#   0.348 (0.323-0.373), above both rows on all three figures. On `letters` it is level with the
+#   row without it: 0.087 (0.073-0.101) against 0.086 (1.00x the peer). It is not the default: a
+#   change must first win on every held-out dataset, and `signs` and `tiles` are not measured.
 
 # %% [markdown]
 # ## Re-run one row
