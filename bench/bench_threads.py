@@ -1,4 +1,4 @@
-"""Training throughput on an idle and on a shared CPU, for three thread policies, in one run.
+"""Training throughput on an idle and on a shared CPU, for five thread policies, in one run.
 
     python bench/bench_threads.py [--iters 60] [--image-size 160] [--batch-size 8] [--repeats 2]
 
@@ -10,7 +10,10 @@ each figure is the median over `--repeats` rounds, so a machine whose speed drif
 
 - "torch default": num_threads=None, torch's own count (one per core);
 - "1 thread": num_threads=1;
-- "auto": fcos_lib.cpu_threads.ThreadGovernor, the command line's default.
+- "auto": fcos_lib.cpu_threads.ThreadGovernor, the command line's default;
+- ", passive": the same with OMP_WAIT_POLICY=PASSIVE (threads that wait sleep at once instead of
+  spinning a while), the policy issue 14 asked about. It must be set before torch loads OpenMP, so
+  only the environment of a fresh process can choose it.
 
 Issue 14's goal: beside one competing process on a 2-core machine, training keeps at least 75 %
 of its idle throughput, and the choice does not slow an idle machine. Both ratios are printed.
@@ -39,17 +42,24 @@ with tempfile.TemporaryDirectory() as out:
 print(json.dumps({"images_per_s": state["train_images"] / state["train_seconds"]}))
 """
 
-POLICIES = {"torch default": "none", "1 thread": "1", "auto": "auto"}
+# name -> (threads, OpenMP wait policy): "default" leaves libgomp's own (spin a while, then sleep),
+# "PASSIVE" makes a thread that waits at the end of a parallel region sleep at once.
+POLICIES = {"torch default": ("none", "default"), "1 thread": ("1", "default"), "auto": ("auto", "default"),
+            "torch default, passive": ("none", "PASSIVE"), "auto, passive": ("auto", "PASSIVE")}
 
 
-def run_policy(threads: str, args, competing: bool) -> float:
+def run_policy(policy: tuple[str, str], args, competing: bool) -> float:
+    threads, wait = policy
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if wait != "default":
+        env["OMP_WAIT_POLICY"] = wait
     competitor = None
     if competing:
         competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         time.sleep(0.5)
     try:
         out = subprocess.run([sys.executable, "-c", CHILD, str(args.iters), str(args.image_size), str(args.batch_size),
-                              threads], check=True, capture_output=True, text=True).stdout
+                              threads], check=True, capture_output=True, text=True, env=env).stdout
     finally:
         if competitor is not None:
             competitor.kill()
@@ -83,6 +93,10 @@ def main() -> None:
     print(f"auto, beside one busy process: {100 * auto_busy / auto_idle:.0f} % of its idle throughput "
           f"(goal >= 75 %), {100 * auto_busy / best_idle:.0f} % of the best idle policy; "
           f"{auto_busy / results['torch default'][1]:.1f}x torch's default on the shared machine")
+    passive_idle, passive_busy = results["auto, passive"]
+    print(f"OMP_WAIT_POLICY=PASSIVE with auto: idle {passive_idle / auto_idle:.2f}x libgomp's default wait, "
+          f"beside one busy process {passive_busy / auto_busy:.2f}x, "
+          f"{passive_busy / results['1 thread'][1]:.2f}x one thread")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["cosine", "step", "constant"],
                    help="learning rate after the warm-up: cosine decay to 0, steps at 60 %% and 90 %%, or constant "
                         "(default: the recipe's: constant improved, cosine improved with --pretrained, step baseline)")
+    t.add_argument("--steps", type=float, nargs="+", metavar="FRACTION",
+                   help="with --schedule step: the fractions of --iters at which the rate is cut tenfold, e.g. "
+                        "--steps 0.9 for one cut in the last 10 %% (default: 0.6 0.9)")
     t.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips of the training images; flips help photos of things that look "
                         "the same mirrored, and hurt text and other handed shapes (default: the recipe's, on improved, off baseline)")
@@ -156,7 +159,7 @@ _TRAIN_FLAGS = {
     "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes", "skip_bad_boxes": "skip_bad_boxes",
     "ema_decay": "ema_decay", "scale_jitter": "scale_jitter", "assigner": "assigner", "threads": "num_threads",
     "cpu_bf16": "cpu_bf16", "optimizer": "optimizer", "weight_decay": "weight_decay", "schedule": "schedule",
-    "hflip": "hflip",
+    "hflip": "hflip", "steps": "steps",
 }
 
 
@@ -182,8 +185,9 @@ def config_from_args(args) -> TrainConfig:
     from fcos_lib.config import ADAMW_DEFAULTS, ADAMW_SCHEDULE, FINE_TUNING, TrainConfig, baseline_recipe, improved_recipe
 
     given = {field: getattr(args, dest) for dest, field in _TRAIN_FLAGS.items() if getattr(args, dest) is not None}
-    if "scale_jitter" in given:
-        given["scale_jitter"] = tuple(given["scale_jitter"])
+    for field in ("scale_jitter", "steps"):
+        if field in given:
+            given[field] = tuple(given[field])
     if args.classes is not None:
         given["classes"] = _parse_classes(args.classes)
     given.setdefault("num_threads", "auto")  # the library's own choice for this machine (fcos_lib.cpu_threads)
@@ -191,7 +195,7 @@ def config_from_args(args) -> TrainConfig:
         saved = load_checkpoint(Path(args.out) / "last.pt")["config"]
         if args.recipe is not None:
             raise ValueError("--recipe cannot be combined with --resume: a resumed run keeps its own recipe")
-        return _build_config(TrainConfig(**saved).replace, **given)
+        return _checked_steps(_build_config(TrainConfig(**saved).replace, **given), given)
     recipe = {"improved": improved_recipe, "baseline": baseline_recipe}[args.recipe or "improved"]()
     course = given.get("data") is None
     iters = given.get("iters", COURSE_DEFAULT_ITERS if course else FULL_DEFAULT_ITERS)
@@ -206,7 +210,15 @@ def config_from_args(args) -> TrainConfig:
         # Fine-tuning keeps torchvision's cosine schedule, as chapter 09's voc_recipe does.
         **(FINE_TUNING if given.get("pretrained_backbone") and args.recipe in (None, "improved") else {}),
     }
-    return _build_config(recipe.replace, **{**defaults, **given})
+    return _checked_steps(_build_config(recipe.replace, **{**defaults, **given}), given)
+
+
+def _checked_steps(cfg: TrainConfig, given: dict) -> TrainConfig:
+    """--steps only means something with the step schedule: refuse it elsewhere rather than ignore it."""
+    if "steps" in given and cfg.schedule != "step":
+        raise ValueError(f"--steps sets where the step schedule cuts the rate, but this run's schedule is "
+                         f"{cfg.schedule!r}: add --schedule step, or leave --steps out")
+    return cfg
 
 
 def _train(args) -> int:

@@ -23,6 +23,11 @@ What it costs. A run's numbers depend on the thread count in their last bits (su
 differently between threads), so a run during which the load changed is not bit-for-bit
 repeatable. Pass a fixed number (`--threads N`, TrainConfig.num_threads = N) for that. Where
 /proc/stat does not exist (macOS, Windows) "auto" keeps torch's own setting.
+
+Not chosen: OpenMP's wait policy. OMP_WAIT_POLICY=PASSIVE (waiting threads sleep at once instead
+of spinning a while) can only be set before torch loads OpenMP, and measured here it does not pay
+(bench/bench_threads.py, 2026-12-05): it slowed an idle machine by 11-18 %, and beside a busy
+process it trained no faster than the one thread "auto" drops to (27.6 images/s both).
 """
 from __future__ import annotations
 

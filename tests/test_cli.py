@@ -190,6 +190,7 @@ def test_no_flags_is_the_main_job():
     ([], ["--cpu-bf16"], "cpu_bf16", True),
     ([], ["--weight-decay", "0.001"], "weight_decay", 0.001),
     ([], ["--optimizer", "adamw"], "optimizer", "adamw"),
+    (["--schedule", "step"], ["--steps", "0.9"], "steps", (0.9,)),
 ])
 def test_every_flag_reaches_the_config(context, flag, field, value):
     base, changed = cfg_of(*context), cfg_of(*context, *flag)
@@ -228,6 +229,16 @@ def test_schedule_and_flip_flags_reach_the_config(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--schedule", "linear"])
     assert "--schedule" in capsys.readouterr().err
+
+
+def test_steps_flag_sets_the_cuts_and_needs_the_step_schedule():
+    late = cfg_of("--schedule", "step", "--steps", "0.9")
+    assert (late.schedule, late.steps) == ("step", (0.9,))
+    assert cfg_of("--recipe", "baseline", "--steps", "0.5", "0.8").steps == (0.5, 0.8)  # the baseline steps already
+    with pytest.raises(ValueError, match="--steps .*--schedule step"):
+        cfg_of("--steps", "0.9")  # the improved recipe's constant rate has no steps to move
+    with pytest.raises(ValueError, match="--steps"):
+        cfg_of("--schedule", "step", "--steps", "1.5")  # a fraction of the run, named by its flag
 
 
 def test_bad_optimizer_values_name_the_flag(capsys):
