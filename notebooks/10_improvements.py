@@ -855,6 +855,12 @@ def _rows() -> "OrderedDict[str, dict]":
     rows["default, peer's optimiser, late step"] = {
         "base": "default", "what": "the peer's optimiser with flips, lr x0.1 for the last 10 % of iterations",
         "changes": {"lr": 0.01, "schedule": "step", "steps": (0.9,), "decay_norms": True}}
+    # An average of the weights instead of a decay: with a constant rate the weights keep moving
+    # around a minimum, and an EMA (ramped, so at the end it spans about the last tenth of the run)
+    # takes their mean. Does it win the tight boxes back without the late step's loss on `tiles`?
+    rows["default, peer's optimiser + EMA"] = {
+        "base": "default", "what": "the peer's optimiser with flips, evaluated with an EMA of the weights (0.999, ramped)",
+        "changes": {"lr": 0.01, "schedule": "constant", "decay_norms": True, "ema_decay": 0.999}}
     rows["default, no flips"] = {"base": "default", "changes": {"hflip": False}, "what": "without flips"}
     rows["default, ReLU deltas"] = {"base": "default", "changes": {"box_activation": "relu"},
                                     "what": "the default with ReLU deltas (the seed's and torchvision's)"}
