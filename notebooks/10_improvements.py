@@ -1322,13 +1322,15 @@ def seed_table(rows, datasets, seeds, budget="full"):
 
 
 seed_table(("course default", "default, peer's training", "default, peer's optimiser",
-            "default, peer's optimiser, late step", "torchvision FCOS"), tuple(DATASET_CLASSES), seeds=(0, 1, 2))
+            "default, peer's optimiser, late step", "default, peer's optimiser + EMA", "torchvision FCOS"),
+           tuple(DATASET_CLASSES), seeds=(0, 1, 2))
 
 # %%
 MAIN_JOB = Path("..") / "bench" / "results" / "main_job.json"
 main_job = json.loads(MAIN_JOB.read_text())["runs"] if MAIN_JOB.is_file() else {}
 print(f"{'main job (300 it, course data)':36s}{'VOC07 mAP@0.5':>16s}{'AP50':>8s}{'mAP':>8s}")
-for row in ("course default", "default, peer's optimiser", "default, peer's optimiser, late step"):
+for row in ("course default", "default, peer's optimiser", "default, peer's optimiser, late step",
+            "default, peer's optimiser + EMA"):
     found = [main_job[k] for s in SEEDS if (k := f"{row} | seed {s}") in main_job]
     if not found:
         print(f"{row:36s}{'not measured':>16s}")
@@ -1370,10 +1372,23 @@ for row in ("course default", "default, peer's optimiser", "default, peer's opti
 #   and keeps the gain at IoU 0.5: VOC07 mAP@0.5 0.701 (0.681-0.722), AP50 0.717, mAP@[.5:.95]
 #   0.348 (0.323-0.373), above both rows on all three figures. On the held-out data it wins on
 #   `signs`, 0.347 (0.346-0.349) against 0.325 (1.26x the peer), is level on `letters`, 0.087
-#   against 0.086 (1.00x), and is lower on `tiles`, 0.075 (0.070-0.080) against 0.079 (1.33x).
+#   against 0.086 (1.00x), and is lower on `tiles`, 0.075 (0.070-0.080) against 0.079 (1.33x);
+#   a third seed for both keeps it lower there, 0.076 against 0.078 over seeds 0-2 (the table).
 #   The main job is where the course was developed; `tiles` is not. A change must win on every
 #   held-out dataset, so the constant rate stays the default, and the late step is a flag for
 #   whoever scores tight boxes.
+# - **An average of the weights instead: wins everywhere, to be adopted.** The same optimiser,
+#   evaluated with an EMA of the weights ("default, peer's optimiser + EMA"; decay 0.999, ramped,
+#   so at the end of 828 iterations it spans about the last 90), two seeds: `signs` 0.345
+#   (0.339-0.352) against 0.325 (1.25x the peer), `tiles` 0.082 (0.074-0.090) against 0.079
+#   (1.44x), `letters` 0.087 (0.075-0.099) against 0.086 (1.00x), and the main job VOC07 mAP@0.5
+#   0.723 (0.720-0.726) against 0.676, mAP@[.5:.95] 0.371 (0.363-0.378) against 0.274, the
+#   ranges apart. It wins on every held-out dataset (on `letters` by 0.001, inside the ranges)
+#   and on the main job, the largest gain of any row there. With a constant rate the weights keep
+#   moving around a minimum; the average is their centre, which the late step reaches by slowing
+#   down. Measured at the end of this session and not yet the default: the EMA must first have
+#   an off switch on the command line and a rule for fine-tuning and AdamW, which were not
+#   measured with it. Until then: `--ema-decay 0.999`.
 
 # %% [markdown]
 # ## Re-run one row
@@ -1453,7 +1468,8 @@ else:
 #   mAP@[.5:.95]. The goal of 1.5x on every dataset is not met.
 # - A late step (the rate cut tenfold for the last 10 %, `--schedule step --steps 0.9`) wins that
 #   cost back on the main job and wins on `signs` (1.26x), but loses a little on `tiles`: a flag,
-#   not the default.
+#   not the default. An EMA of the weights on top of the constant rate wins on all three and on
+#   the main job (VOC07 0.723, mAP@[.5:.95] 0.371): the next change of the default.
 # - AdamW won on all three held-out datasets (1.93x the peer on `tiles`) and halved the main job
 #   (VOC07 0.302 against 0.633): it stays an option (`--optimizer adamw`), not the default.
 # - The gap on `signs` was the training recipe: the course model trained as the peer is trained
