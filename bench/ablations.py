@@ -40,6 +40,11 @@ def _key(row: str, dataset: str, seed: int, budget: str) -> str:
     return f"{row} | {dataset} | seed {seed} | {budget}"
 
 
+def mean_range(values) -> str:
+    """A table cell: the mean of the seeds' values and their range, "0.325 (0.320-0.331)"."""
+    return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
 def markdown_table(runs: dict, budget: str, seeds: list, datasets=tuple(HELD_OUT_CLASSES)) -> str:
     """The README's table: per row and held-out dataset, mean mAP@0.5 over the seeds (min-max)."""
     def scores(row, dataset, key="map50"):
@@ -47,8 +52,7 @@ def markdown_table(runs: dict, budget: str, seeds: list, datasets=tuple(HELD_OUT
         return found if len(found) == len(seeds) else None
 
     def cell(values):
-        return "not measured" if values is None else \
-            f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+        return "not measured" if values is None else mean_range(values)
 
     datasets = list(datasets)
     lines = [f"| row ({budget}: {BUDGETS[budget]}, seeds {', '.join(map(str, seeds))}) | "

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablations import mean_range  # noqa: E402
 from fcos_lib.cli import build_parser, config_from_args  # noqa: E402
 from fcos_lib.config import TrainConfig  # noqa: E402
 from fcos_lib.experiments import ABLATION_ROWS, ROWS_DEFAULT, SEEDS  # noqa: E402
@@ -51,11 +52,7 @@ def markdown_table(runs: dict, seeds) -> str:
         found = [runs[f"{row} | seed {s}"] for s in seeds if f"{row} | seed {s}" in runs]
         if len(found) < len(seeds):
             continue
-        cells = []
-        for key in KEYS:
-            values = [f[key] for f in found]
-            cells.append(f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})")
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row} | " + " | ".join(mean_range([f[key] for f in found]) for key in KEYS) + " |")
     return "\n".join(lines)
 
 
