@@ -36,6 +36,16 @@ def _parse_classes(text: str | None) -> tuple[str, ...] | None:
     return names
 
 
+def _parse_ema_decay(text: str) -> float | str:
+    """--ema-decay: 'off' (evaluate the last weights) or a decay in (0, 1), checked by TrainConfig."""
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'off' or a decay in (0, 1) such as 0.999, got {text!r}") from None
+
+
 def _parse_threads(text: str) -> int | str:
     """--threads: 'auto' or a number of threads >= 1."""
     if text.strip().lower() == "auto":
@@ -100,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/fcos", help="run folder: last.pt, metrics.json, loss_curve.png, detections.png (default: runs/fcos)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt, with its own settings")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out (default: refuse)")
-    t.add_argument("--ema-decay", type=float,
-                   help="evaluate an exponential moving average of the weights with this decay, e.g. 0.999 (chapter 10; default: off)")
+    t.add_argument("--ema-decay", type=_parse_ema_decay, metavar="DECAY|off",
+                   help="evaluate an exponential moving average of the weights with this decay, or off: the last "
+                        "weights (chapter 10; default: 0.999 with the improved recipe from scratch; off with --recipe "
+                        "baseline, --pretrained or --optimizer adamw)")
     t.add_argument("--scale-jitter", type=float, nargs=2, metavar=("LO", "HI"),
                    help="multi-scale training: each batch resized by a factor in [LO, HI], e.g. 0.75 1.25 (chapter 10; default: off)")
     t.add_argument("--assigner", choices=["fcos", "atss"], help="positive locations: fcos (chapter 04) or atss (chapter 10) (default: fcos)")
@@ -188,6 +200,8 @@ def config_from_args(args) -> TrainConfig:
     for field in ("scale_jitter", "steps"):
         if field in given:
             given[field] = tuple(given[field])
+    if given.get("ema_decay") == "off":
+        given["ema_decay"] = None
     if args.classes is not None:
         given["classes"] = _parse_classes(args.classes)
     given.setdefault("num_threads", "auto")  # the library's own choice for this machine (fcos_lib.cpu_threads)

@@ -59,10 +59,10 @@ DESIGN_CHANGES = OrderedDict([
 
 
 # The "course default" the rows change one thing of: the improved recipe of version 0.1 (SGD, lr
-# 0.02, weight decay 1e-4 on conv and linear weights only, cosine decay, flips), written out so
-# that the stored rows keep their meaning when chapter 09's recipe changes.
+# 0.02, weight decay 1e-4 on conv and linear weights only, cosine decay, flips, the last weights),
+# written out so that the stored rows keep their meaning when chapter 09's recipe changes.
 ROWS_DEFAULT = {"optimizer": "sgd", "lr": 0.02, "weight_decay": 1e-4, "schedule": "cosine", "decay_norms": False,
-                "hflip": True}
+                "hflip": True, "ema_decay": None}
 
 
 def _rows() -> "OrderedDict[str, dict]":

@@ -183,7 +183,8 @@ def test_no_flags_is_the_main_job():
     ([], ["--device", "cpu"], "device", "cpu"),
     ([], ["--out", "runs/x"], "out", "runs/x"),
     ([], ["--seed", "7"], "seed", 7),
-    ([], ["--ema-decay", "0.999"], "ema_decay", 0.999),
+    ([], ["--ema-decay", "0.99"], "ema_decay", 0.99),
+    ([], ["--ema-decay", "off"], "ema_decay", None),
     ([], ["--scale-jitter", "0.75", "1.25"], "scale_jitter", (0.75, 1.25)),
     ([], ["--assigner", "atss"], "assigner", "atss"),
     ([], ["--threads", "1"], "num_threads", 1),
@@ -197,8 +198,8 @@ def test_every_flag_reaches_the_config(context, flag, field, value):
     assert getattr(changed, field) == value
     # ... and changes nothing else, besides the defaults the flag implies.
     implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters"}, "iters": {"warmup_iters"},
-               "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay", "schedule", "decay_norms"},
-               "pretrained_backbone": {"schedule", "decay_norms"}}.get(field, set())
+               "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay", "schedule", "decay_norms", "ema_decay"},
+               "pretrained_backbone": {"schedule", "decay_norms", "ema_decay"}}.get(field, set())
     base, changed = dataclass_dict(base), dataclass_dict(changed)
     assert {k for k in base if base[k] != changed[k]} - implied == {field}
 
@@ -229,6 +230,19 @@ def test_schedule_and_flip_flags_reach_the_config(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--schedule", "linear"])
     assert "--schedule" in capsys.readouterr().err
+
+
+def test_ema_is_on_from_scratch_and_off_where_it_was_not_measured(capsys):
+    assert cfg_of().ema_decay == improved_recipe().ema_decay == 0.999
+    assert cfg_of("--data", "D").ema_decay == 0.999
+    # Fine-tuning, AdamW and the seed's baseline keep the last weights, unless told otherwise.
+    for flags in (["--pretrained"], ["--optimizer", "adamw"], ["--recipe", "baseline"]):
+        assert cfg_of(*flags).ema_decay is None, flags
+        assert cfg_of(*flags, "--ema-decay", "0.999").ema_decay == 0.999, flags
+    assert cfg_of("--ema-decay", "OFF").ema_decay is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--ema-decay", "fast"])
+    assert "expected 'off' or a decay in (0, 1)" in capsys.readouterr().err
 
 
 def test_steps_flag_sets_the_cuts_and_needs_the_step_schedule():

@@ -390,7 +390,7 @@ def test_ema_and_scale_jitter_run_resumes_exactly(tiny_data, tmp_path, monkeypat
 
 def test_model_from_checkpoint_without_ema_uses_the_weights(tiny_data, tmp_path):
     # A run without EMA (ema None in the checkpoint): use_ema=True falls back to the weights.
-    train(tiny_cfg(tiny_data, tmp_path, iters=1), progress=False)
+    train(tiny_cfg(tiny_data, tmp_path, iters=1, ema_decay=None), progress=False)
     saved = load_checkpoint(tmp_path / "last.pt")
     assert saved["ema"] is None
     model, _ = model_from_checkpoint(tmp_path / "last.pt", use_ema=True)
