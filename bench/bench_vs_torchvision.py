@@ -13,8 +13,8 @@ fcos_lib: exactly what `python -m fcos_lib train --data DIR --iters N --batch-si
 --seed K` runs. The config is built by the CLI's own `fcos_lib.cli.config_from_args` (so the two
 cannot drift): improved_recipe (p3-p5, width 64, GroupNorm head, centre sampling 1.5, GIoU, exp
 box deltas, centerness on the regression stem, flips, SGD lr 0.01 with weight decay on every
-parameter, warm-up min(500, N // 10), then constant, clip 10), only with --in-memory and --device
-cpu added (the same batches, decoded once).
+parameter, warm-up min(500, N // 10), then constant, clip 10, evaluated with an EMA of the weights,
+decay 0.999), only with --in-memory and --device cpu added (the same batches, decoded once).
 
 torchvision: fcos_lib.experiments' peer, the issue's exact setup (`build_peer`, `train_peer`,
 `score_peer`):
@@ -50,9 +50,10 @@ are only as fair as the machine is quiet: run it alone.
     .venv/bin/python bench/bench_vs_torchvision.py --held-out signs --seeds 0 1 2
     .venv/bin/python bench/bench_vs_torchvision.py --data DIR --train-split trainval --val-split test
 
-Time: about 15 minutes per 828-iteration run of 16 images at 224 px on the 2-core development
-CPU, for either detector, so the default (2 datasets x 2 seeds x 2 detectors) takes about 2 hours;
-`--minutes M` adds about 2 x 2 x 2 x M minutes plus a minute of step timing per dataset.
+Time: about 8 minutes per 828-iteration run of 16 images at 224 px on the 2-core development
+CPU (2026-12-05; 15 minutes on slower hours), for either detector, so the default (2 datasets x 2
+seeds x 2 detectors) takes about 1 hour; `--minutes M` adds about 2 x 2 x 2 x M minutes plus a
+minute of step timing per dataset.
 
 Results: printed, and written with the command line, date and versions to --results (default
 bench/results/vs_torchvision.json on the default held-out data, OUT/result.json otherwise; while
