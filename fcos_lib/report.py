@@ -128,8 +128,12 @@ def plot_vs_torchvision(result: dict, ax=None):
                       label=f"{who} ({result[who]['train_images_per_s']:.1f} train img/s)")
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     top = max(result[who][k] for who in ("fcos_lib", "torchvision") for k in keys)
+    title = f"{result['iters']} iterations, batch {result['batch_size']}, {result['image_size']} px"
+    if isinstance(result.get("data"), str) and result.get("seeds"):  # what the benchmark ran on
+        data = result["data"].removeprefix("fcos_lib.heldout: ")
+        title = f"{data}, mean of {len(result['seeds'])} seeds: {title}"
     ax.set(xticks=range(len(keys)), xticklabels=names, ylabel="AP", ylim=(0, 1.4 * top),  # room for the legend
-           title=f"{result['iters']} iterations, batch {result['batch_size']}, {result['image_size']} px")
+           title=title)
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=7, loc="upper right")
     return ax

@@ -342,3 +342,21 @@ def test_cpu_bf16_trains_in_bfloat16_and_float32_stays_the_default(tiny_data, tm
     assert all(v.dtype == fp32["model"][k].dtype for k, v in bf16["model"].items())  # the weights stay float32
     with pytest.raises(ValueError, match="TrainConfig.cpu_bf16 must be True or False"):
         TrainConfig(cpu_bf16=1)
+
+
+def test_vs_torchvision_chart_names_the_data_and_seeds():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fcos_lib.report import plot_vs_torchvision
+
+    scores = {"voc07_map50": 0.3, "voc_map50": 0.31, "map50": 0.32, "map": 0.15, "train_images_per_s": 25.0}
+    result = {"iters": 828, "batch_size": 16, "image_size": 224, "fcos_lib": scores,
+              "torchvision": {**scores, "map50": 0.25}}
+    ax = plot_vs_torchvision(result)  # a result without data and seeds, as the first benchmark wrote
+    assert ax.get_title() == "828 iterations, batch 16, 224 px"
+    ax = plot_vs_torchvision({**result, "data": "fcos_lib.heldout: signs", "seeds": [0, 1]})
+    assert ax.get_title() == "signs, mean of 2 seeds: 828 iterations, batch 16, 224 px"
+    assert [round(b.get_height(), 2) for b in ax.patches] == [0.3, 0.31, 0.32, 0.15, 0.3, 0.31, 0.25, 0.15]
+    plt.close("all")
