@@ -2256,7 +2256,7 @@ if bench_result.is_file():
     comparison = json.loads(bench_result.read_text())
     plot_vs_torchvision(comparison)
     plt.show()
-    print("measured:", comparison["measured"], "| command:", comparison["command"])
+    print("measured:", comparison["date"], "| command:", comparison["command"])
 else:
     print("bench/results/vs_torchvision.json is not here (outside the repository); the README shows the chart")
 
