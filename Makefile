@@ -10,7 +10,7 @@
 #                one line per exercise, pass or FAIL and why
 #   make bench   run the speed benchmarks in bench/ (a few minutes)
 #   make bench-torchvision   fcos_lib vs torchvision's FCOS on the two held-out datasets, 2 seeds, 828 iterations
-#                (about 2 hours on 2 cores)
+#                (about 1 hour on 2 cores)
 #   make ablations  chapter 10's table: every ablation row on the two held-out datasets, 2 seeds
 #                (bench/ablations.py -> bench/results/ablations.json, then chapter 10 re-executed;
 #                screen rows 1-3 minutes per run, 4 runs per row; the full-budget rows (version
