@@ -183,6 +183,7 @@ def _build_config(build, **kwargs) -> TrainConfig:
         message = str(err)
         for dest, field in _TRAIN_FLAGS.items():
             message = message.replace(f"TrainConfig.{field} ", f"--{dest.replace('_', '-')} ")
+        message = message.replace("--ema-decay must be None or", "--ema-decay must be 'off' or")  # the flag's word
         raise ValueError(message.replace("TrainConfig.classes ", "--classes ")) from None
 
 

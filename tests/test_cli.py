@@ -317,5 +317,5 @@ def test_readme_python_example_runs(tiny_data, tmp_path, monkeypatch):
 def test_a_bad_new_option_names_the_flag():
     with pytest.raises(ValueError, match="--scale-jitter must be"):
         cfg_of("--scale-jitter", "1.25", "0.75")
-    with pytest.raises(ValueError, match="--ema-decay must be"):
+    with pytest.raises(ValueError, match="--ema-decay must be 'off' or a number in"):
         cfg_of("--ema-decay", "1.5")
