@@ -1,0 +1,51 @@
+"""bench/bench_vs_torchvision.py's summaries and arguments (the runs themselves take an hour)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_vs_torchvision.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_vs_torchvision", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(map50_ours, map50_peer, iters=(690, 701)):
+    def side(m, it):
+        return {"map50": m, "map": m / 2, "iters": it, "train_seconds": 450.0}
+    return {"fcos_lib": side(map50_ours, iters[0]), "torchvision": side(map50_peer, iters[1])}
+
+
+def test_summary_of_a_wall_clock_only_run_judges_no_goal(bench, capsys):
+    runs = [_run(0.30, 0.20), _run(0.26, 0.20)]
+    summary = bench.summarise(runs)
+    assert summary["ratio_map50"] == pytest.approx(0.28 / 0.20)
+    assert summary["goal_met"] is False  # 1.4x
+    result = {"seeds": [0, 1], "goal_conditions": True, "datasets": {"tiles": {
+        "equal_iters": {"runs": []}, "equal_time": {"runs": runs, "summary": summary}}}}
+    bench.print_summary(result)
+    out = capsys.readouterr().out
+    assert "equal wall-clock" in out and "1.40x" in out and "equal iterations  " not in out
+    assert "not judged here (no equal-iteration runs: --wall-clock-only)" in out
+    assert bench.chart_fields(result) == {}  # no equal-iteration runs: nothing for the README chart
+
+
+def test_wall_clock_only_needs_minutes(bench, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_vs_torchvision.py", "--wall-clock-only"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    assert "--wall-clock-only needs --minutes M" in capsys.readouterr().err
+
+
+def test_letters_is_a_held_out_choice(bench, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_vs_torchvision.py", "--held-out", "digits"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "'letters'" in capsys.readouterr().err  # argparse lists the choices, letters among them
