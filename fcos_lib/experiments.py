@@ -109,6 +109,8 @@ def _rows() -> "OrderedDict[str, dict]":
     rows["adopted + scale jitter"] = {"base": "default", "changes": {**adopted, "scale_jitter": (0.75, 1.25)},
                                       "what": "the adopted recipe (peer's optimiser + EMA) with multi-scale "
                                               "training, x0.75-1.25"}
+    rows["adopted, no flips"] = {"base": "default", "changes": {**adopted, "hflip": False},
+                                 "what": "the adopted recipe without flips (`--no-hflip`)"}
     rows["adopted + scale jitter, no flips"] = {
         "base": "default", "changes": {**adopted, "scale_jitter": (0.75, 1.25), "hflip": False},
         "what": "the adopted recipe with scale jitter in place of the flips"}
