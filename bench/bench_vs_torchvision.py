@@ -82,6 +82,7 @@ from fcos_lib.checkpoint import model_from_checkpoint
 from fcos_lib.cli import build_parser as build_cli_parser, config_from_args
 from fcos_lib.data import VOCDataset
 from fcos_lib.evaluate import evaluate
+from fcos_lib.inference import NMS_THRESH
 from fcos_lib.experiments import build_peer, score_peer, train_peer
 from fcos_lib.heldout import DATASET_CLASSES, HELD_OUT_CLASSES, make_held_out_dataset
 from fcos_lib.train import train
@@ -112,9 +113,10 @@ def run_fcos_lib(root: Path, args, iters: int, seed: int, out: Path, val: VOCDat
     if list(state["class_names"]) != list(val.class_names):
         raise RuntimeError(f"class order differs: fcos_lib {state['class_names']} vs {val.class_names}")
     model, _ = model_from_checkpoint(out / "last.pt")
-    metrics = evaluate(model, val)
+    metrics = evaluate(model, val)  # as `python -m fcos_lib train` scores: NMS at NMS_THRESH (0.6 before 2026-12-06)
     seconds = state["train_seconds"]
-    return {**{k: metrics[k] for k in METRIC_KEYS}, "iters": state["iteration"], "warmup_iters": cfg.warmup_iters,
+    return {**{k: metrics[k] for k in METRIC_KEYS}, "nms_thresh": NMS_THRESH, "iters": state["iteration"],
+            "warmup_iters": cfg.warmup_iters,
             "train_seconds": round(seconds, 1), "train_images_per_s": round(state["train_images"] / seconds, 2),
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3)}
 

@@ -3,7 +3,8 @@
 The held-out datasets (bench/ablations.py) decide whether a change is general; this script checks
 it on the main job itself: `python -m fcos_lib train` on the generated course dataset (300
 iterations, batch 16, 224 px, from scratch, on the CPU), with one ablation row's changes on top,
-evaluated as `python -m fcos_lib train` evaluates (its metrics.json). Results go to
+evaluated as `python -m fcos_lib train` evaluates (its metrics.json; NMS at chapter 08's
+NMS_THRESH, stored as nms_thresh: entries without it were scored at 0.6). Results go to
 bench/results/main_job.json, one entry per (row, seed); rows already there are skipped.
 
     .venv/bin/python bench/main_job.py --rows "course default" "default, peer's training" --seeds 0 1
@@ -57,6 +58,7 @@ def markdown_table(runs: dict, seeds) -> str:
 
 
 def main() -> None:
+    from fcos_lib.inference import NMS_THRESH
     from fcos_lib.report import write_run_report
     from fcos_lib.train import train
 
@@ -87,7 +89,7 @@ def main() -> None:
             state = train(cfg, overwrite=True, progress=False)
             metrics = write_run_report(cfg, state)
             entry = {k: metrics[k] for k in KEYS}
-            entry.update(spec=_digest(row), train_seconds=round(state["train_seconds"], 1),
+            entry.update(spec=_digest(row), nms_thresh=NMS_THRESH, train_seconds=round(state["train_seconds"], 1),
                          measured=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
             results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
             results["runs"][key] = entry

@@ -164,10 +164,12 @@ def config_differences(saved: dict, cfg: TrainConfig) -> dict:
 # AdamW's learning rate and decoupled weight decay for detectors trained from scratch: what
 # `--optimizer adamw` uses unless told otherwise (chapter 10 measures it).
 ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.05}
-# ... and the training it was measured with there (cosine decay, no decay on norms, the last
-# weights): the command line keeps them for AdamW, since nobody measured it with the SGD recipe's
-# constant rate and moving average.
-ADAMW_SCHEDULE = {"schedule": "cosine", "decay_norms": False, "ema_decay": None}
+# ... and the training around it: the recipe's constant rate and EMA of the weights, with no
+# decay on norms and biases. Chapter 10 measured AdamW first with version 0.1's cosine decay and
+# last weights, then on this schedule ("adopted, AdamW"), which beat it on all three held-out
+# datasets and on the main job. AdamW is still not the default: the main job scores less than
+# half of SGD's with it.
+ADAMW_SCHEDULE = {"schedule": "constant", "decay_norms": False, "ema_decay": 0.999}
 
 
 def baseline_recipe(**changes) -> TrainConfig:

@@ -54,7 +54,7 @@ ONNX_OUTPUTS = ("cls_logits", "box_deltas", "ctr_logits")
 # fcos_lib.transforms.PAD_FILL (not imported from there: that module imports torch).
 PAD_FILL = (124, 116, 104)
 # fcos_lib.inference.fcos_postprocess's defaults.
-POSTPROCESS_DEFAULTS = {"score_thresh": 0.05, "nms_thresh": 0.6, "topk_candidates": 1000, "max_detections": 100}
+POSTPROCESS_DEFAULTS = {"score_thresh": 0.05, "nms_thresh": 0.5, "topk_candidates": 1000, "max_detections": 100}
 EXPORT_EXTRA = "pip install 'fcos-lib[export]'"
 
 
@@ -338,7 +338,7 @@ def _batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_
 
 
 def postprocess(cls_logits: np.ndarray, box_deltas: np.ndarray, ctr_logits: np.ndarray, image_size: int, strides,
-                image_sizes=None, score_thresh: float = 0.05, nms_thresh: float = 0.6,
+                image_sizes=None, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                 topk_candidates: int = 1000, max_detections: int = 100) -> list:
     """fcos_lib.inference.fcos_postprocess in numpy: detections in network-input pixels.
 
@@ -482,7 +482,7 @@ class OnnxDetector:
         outputs = self.session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: np.ascontiguousarray(images)})
         return tuple(outputs)
 
-    def detect(self, images, score_thresh: float = 0.05, nms_thresh: float = 0.6, topk_candidates: int = 1000,
+    def detect(self, images, score_thresh: float = 0.05, nms_thresh: float = 0.5, topk_candidates: int = 1000,
                max_detections: int = 100) -> list:
         """Detections in RGB PIL images, in one batch: one dict per image, boxes in its own pixels.
 

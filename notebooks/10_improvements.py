@@ -871,6 +871,17 @@ def _rows() -> "OrderedDict[str, dict]":
     rows["adopted + scale jitter, no flips"] = {
         "base": "default", "changes": {**adopted, "scale_jitter": (0.75, 1.25), "hflip": False},
         "what": "the adopted recipe with scale jitter in place of the flips"}
+    # The optimiser once more, on the adopted recipe (constant rate, EMA, flips): twice the rate,
+    # whose extra noise the EMA may average away; and AdamW, which led on `tiles` with the cosine
+    # schedule but not on `signs`.
+    rows["adopted, lr 0.02"] = {"base": "default", "changes": {**adopted, "lr": 0.02},
+                                "what": "the adopted recipe at twice the learning rate"}
+    rows["adopted, AdamW"] = {"base": "default", "what": "the adopted recipe with AdamW lr 1e-3, weight decay 0.05 "
+                              "(decoupled, not on norms)",
+                              "changes": {**adopted, "optimizer": "adamw", **ADAMW_DEFAULTS, "decay_norms": False}}
+    rows["adopted, AdamW, no flips"] = {"base": "default", "what": "the adopted recipe with AdamW, without flips",
+                                        "changes": {**adopted, "optimizer": "adamw", **ADAMW_DEFAULTS,
+                                                    "decay_norms": False, "hflip": False}}
     rows["default, no flips"] = {"base": "default", "changes": {"hflip": False}, "what": "without flips"}
     rows["default, ReLU deltas"] = {"base": "default", "changes": {"box_activation": "relu"},
                                     "what": "the default with ReLU deltas (the seed's and torchvision's)"}
@@ -917,6 +928,11 @@ def _scores(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("map50", "map", "voc07_map50")}
 
 
+# Every row is scored with NMS at 0.6: the paper's and torchvision's threshold (the peer's too),
+# chapter 08's default when the rows were measured. "The NMS threshold" re-scores them at others.
+ROWS_NMS_THRESH = 0.6
+
+
 def run_fcos_row(row: str, budget: str, data, seed: int, out) -> dict:
     """Train one fcos_lib row and score it, with and without centerness in the score."""
     from fcos_lib.train import train
@@ -925,8 +941,8 @@ def run_fcos_row(row: str, budget: str, data, seed: int, out) -> dict:
     state = train(cfg, progress=False, overwrite=True)
     model, _ = model_from_checkpoint(Path(out) / "last.pt")
     val = VOCDataset(data, "val", class_names=list(cfg.classes), image_size=cfg.image_size, in_memory=True)
-    with_ctr = evaluate(model, val)
-    without_ctr = evaluate(model, val, use_centerness=False)
+    with_ctr = evaluate(model, val, nms_thresh=ROWS_NMS_THRESH)
+    without_ctr = evaluate(model, val, use_centerness=False, nms_thresh=ROWS_NMS_THRESH)
     total = [h["loss_cls"] + h["loss_box"] + h["loss_ctr"] for h in state["history"]]  # one per iteration
     final_loss = sum(total[-10:]) / len(total[-10:])  # the mean over the last ten iterations
     return {**_scores(with_ctr), "map50_no_centerness": without_ctr["map50"], "final_loss": final_loss,
@@ -1338,16 +1354,23 @@ seed_table(("course default", "default, peer's training", "default, peer's optim
 # %%
 MAIN_JOB = Path("..") / "bench" / "results" / "main_job.json"
 main_job = json.loads(MAIN_JOB.read_text())["runs"] if MAIN_JOB.is_file() else {}
-print(f"{'main job (300 it, course data)':36s}{'VOC07 mAP@0.5':>16s}{'AP50':>8s}{'mAP':>8s}")
-for row in ("course default", "default, peer's optimiser", "default, peer's optimiser, late step",
-            "default, peer's optimiser + EMA"):
-    found = [main_job[k] for s in SEEDS if (k := f"{row} | seed {s}") in main_job]
-    if not found:
-        print(f"{row:36s}{'not measured':>16s}")
-        continue
-    figures = [mean([f[key] for f in found]) for key in ("voc07_map50", "map50", "map")]
-    print(f"{row:36s}" + "".join(f"{v:>16.3f}" if i == 0 else f"{v:>8.3f}" for i, v in enumerate(figures))
-          + f"  ({len(found)} seeds)")
+
+
+def main_job_table(rows):
+    """Each row's main job (bench/main_job.py): means over the seeds stored of its three figures."""
+    print(f"{'main job (300 it, course data)':36s}{'VOC07 mAP@0.5':>16s}{'AP50':>8s}{'mAP':>8s}")
+    for row in rows:
+        found = [main_job[k] for s in SEEDS if (k := f"{row} | seed {s}") in main_job]
+        if not found:
+            print(f"{row:36s}{'not measured':>16s}")
+            continue
+        figures = [mean([f[key] for f in found]) for key in ("voc07_map50", "map50", "map")]
+        print(f"{row:36s}" + "".join(f"{v:>16.3f}" if i == 0 else f"{v:>8.3f}" for i, v in enumerate(figures))
+              + f"  ({len(found)} seeds)")
+
+
+main_job_table(("course default", "default, peer's optimiser", "default, peer's optimiser, late step",
+                "default, peer's optimiser + EMA"))
 
 # %% [markdown]
 # What the checks say (828 iterations, batch 16, 224 px; the main job 300 iterations):
@@ -1492,6 +1515,116 @@ wall_clock_table()
 #   on `tiles` by a third seed's draw, which is the point above, not a new margin.
 
 # %% [markdown]
+# ## The optimiser again, on the adopted schedule
+#
+# AdamW lost its first trial (above) on version 0.1's schedule: cosine decay and the last
+# weights. The recipe has since moved to a constant rate and an EMA of the weights, which won for
+# SGD on every dataset. Three rows ask the optimiser question again on that schedule: twice
+# SGD's rate ("adopted, lr 0.02"), whose extra noise the EMA might average away; AdamW at the same
+# values as before ("adopted, AdamW": lr 1e-3, decoupled weight decay 0.05, none on norms and
+# biases), with flips; and the same AdamW without flips on `letters`, the dataset the flips cost.
+# Commands: `bench/ablations.py --budget full --datasets signs tiles letters --rows "adopted, AdamW"
+# --seeds 0 1`, and `bench/main_job.py --rows "adopted, AdamW" "default, AdamW"` for the main job.
+
+# %%
+seed_table(("default, peer's optimiser + EMA", "adopted, lr 0.02", "adopted, AdamW", "adopted, AdamW, no flips",
+            "adopted, no flips", "torchvision FCOS"), tuple(DATASET_CLASSES), seeds=(0, 1, 2))
+main_job_table(("default, peer's optimiser + EMA", "adopted, AdamW"))
+
+# %% [markdown]
+# What the rows say (828 iterations, batch 16, 224 px, seeds 0 and 1; NMS at 0.6 as every row):
+#
+# - **AdamW on the adopted schedule is the best row measured on every held-out dataset**: `signs`
+#   0.379 (0.374-0.385) against the recipe's 0.345, 1.37x the peer; `tiles` 0.161 (0.137-0.185)
+#   against 0.082 on the same seeds, 2.85x the peer; `letters` 0.097 (0.097-0.097) against 0.087,
+#   1.11x. On the cosine schedule AdamW scored 0.248, 0.109 and 0.077: the constant rate and the
+#   EMA help it at least as much as they helped SGD.
+# - **And it still loses the main job by half**: VOC07 mAP@0.5 0.357 (0.250-0.463) against the
+#   recipe's 0.723, its two seeds 0.21 apart. At 300 iterations on the course's five shapes its
+#   classification loss stalls (0.37 against SGD's 0.25 over the last 50 iterations) while its box
+#   loss is lower: it learns where objects are before what they are, and 300 iterations do not
+#   give it the time. Whether that is the length or the data is not measured here. A default
+#   must win where it is used, so SGD stays the default; `--optimizer adamw` now trains on this
+#   schedule (`ADAMW_SCHEDULE`, chapter 09), and is the setting to try for runs like the
+#   held-out ones.
+# - **Twice SGD's rate** ("adopted, lr 0.02", `signs`, one seed) scores 0.350 against 0.339 on
+#   the same seed: inside the seeds' range, not pursued.
+# - **Without flips AdamW loses on `letters`**: 0.088 (0.085-0.091) against 0.097 with them,
+#   where SGD gains from dropping them (0.124 against 0.087). Its training loss ends the lowest
+#   of any row (1.22 against SGD's 1.37 without flips): AdamW fits the 600 training images
+#   faster, and without flips it overfits them. The flips that cost SGD on `letters` regularise
+#   AdamW there.
+# - **The 1.5x goal with one command is still not met**: with AdamW and flips, `letters` is at
+#   1.11x. Dropping the flips is what lifts `letters`, and with SGD it cost `signs` and `tiles`
+#   (0.325 to 0.272 and 0.079 to 0.064, seeds 0 and 1, between "default, peer's optimiser" and
+#   "default, peer's training", the same optimiser with and without them). The flips are a fact
+#   about the data (pitfall P17); no recipe measured here reaches 1.5x on all three with one
+#   setting of them.
+
+# %% [markdown]
+# ## The NMS threshold
+#
+# Everything above changed the training. The last step of inference has a setting of its own:
+# class-wise NMS drops a box whose IoU with a better-scored box of the same class exceeds 0.6 (the
+# paper's and torchvision's value, chapter 08). A detector that is still unsure where an object
+# ends puts several boxes on it from neighbouring locations; those that overlap the best one by
+# less than 0.6 survive, and each is a false positive at IoU 0.5. NMS is inference only, so
+# `bench/nms_sweep.py` re-scores the stored checkpoints at five thresholds without training
+# anything, and checks on each that its score at 0.6 is the stored one (results in
+# `bench/results/nms_sweep.json`).
+
+# %%
+NMS_SWEEP = RESULTS.parent / "nms_sweep.json"
+
+
+def nms_table(path=NMS_SWEEP, key="map50", datasets=None):
+    """Per row and dataset (those in `datasets`, or all), `key` at each NMS threshold: the mean
+    over the seeds re-scored."""
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else {}
+    groups = {}
+    for run, entry in runs.items():
+        row, dataset = (part.strip() for part in run.split("|")[:2])
+        if datasets is None or dataset in datasets:
+            groups.setdefault((row, dataset), []).append(entry)
+    thresholds = sorted({t for entry in runs.values() for t in entry if t[0].isdigit()}, key=float)
+    print(f"{'row':34s}{'dataset':10s}{'seeds':>6s}" + "".join(f"{'NMS ' + t:>10s}" for t in thresholds))
+    for (row, dataset), entries in sorted(groups.items()):
+        cells = "".join(f"{mean([e[t][key] for e in entries]):10.3f}" for t in thresholds)
+        print(f"{row:34s}{dataset:10s}{len(entries):6d}{cells}")
+
+
+print("mAP@0.5 (COCO-style AP at IoU 0.5), mean over the seeds:")
+nms_table()
+for key, name in (("voc07_map50", "VOC07 mAP@0.5"), ("map", "mAP@[.5:.95]")):
+    print(f"\nthe main job, {name}:")
+    nms_table(key=key, datasets=("main job",))
+
+# %% [markdown]
+# What the re-scoring says (23 checkpoints: four rows on the three held-out datasets, two on the
+# main job; `bench/nms_sweep.py --rows "default, peer's optimiser + EMA" "adopted, AdamW" --datasets
+# signs tiles letters "main job"`, and `--rows "adopted, no flips" "default, peer's training"
+# --datasets letters`):
+#
+# - **0.5 beats 0.6 on every checkpoint, and 0.7 loses on every one.** For the recipe (the SGD
+#   row with the EMA), mAP@0.5 goes from 0.345 to 0.352 on `signs`, 0.079 to 0.084 on `tiles`,
+#   0.087 to 0.092 on `letters`, and on the main job from VOC07 0.723 to 0.737 (AP50 0.736 to
+#   0.755). mAP@[.5:.95] does not move (0.371 and 0.372 on the main job): the boxes NMS now
+#   removes were only ever right at IoU 0.5.
+# - **0.4 is as good or a little better** on these data (the recipe's main job 0.744 VOC07). The
+#   course takes 0.5: it is the smaller step from the paper's value, and these datasets hold few
+#   crowds of one class, where a low threshold removes true boxes that overlap (people in a
+#   crowd, cars in a car park); on such data measure, as here.
+# - **Adopted: chapter 08's `NMS_THRESH` is 0.5**, and `fcos_postprocess`, `detect`, `evaluate`,
+#   `python -m fcos_lib train`'s report and the exported ONNX model's post-processing use it
+#   (`nms_thresh=0.6` gives the paper's). The ablation rows above stay scored at 0.6
+#   (`ROWS_NMS_THRESH`), so that every row in one table was scored alike.
+# - **The peer is not re-scored**: its models are not kept, and the issue fixes its setup
+#   (torchvision's `FCOS` with its default NMS, 0.6). Set to 0.5 it would likely gain as ours
+#   does. So at 0.5 against the peer at 0.6 the recipe stands at 1.27x on `signs` (0.352 against
+#   0.277), 1.62x on `tiles` (0.084 against 0.052, seeds 0-2) and 1.06x on `letters` (0.092
+#   against 0.087); of that, the part NMS adds is a setting, not a better detector.
+
+# %% [markdown]
 # ## Re-run one row
 #
 # The stored table is only worth something if it comes from this code. The `smoke` budget is a
@@ -1580,6 +1713,13 @@ else:
 #   tenths.
 # - AdamW won on all three held-out datasets (1.93x the peer on `tiles`) and halved the main job
 #   (VOC07 0.302 against 0.633): it stays an option (`--optimizer adamw`), not the default.
+#   On the adopted schedule (constant rate, EMA) it is the best setting measured on every
+#   held-out dataset (1.37x, 2.85x and 1.11x the peer) and still halves the main job (0.357
+#   against 0.723); `--optimizer adamw` now trains on that schedule.
+# - NMS at 0.5 instead of the paper's 0.6 raises mAP@0.5 on every one of 23 trained checkpoints
+#   re-scored (the main job's VOC07 0.723 to 0.737) and leaves mAP@[.5:.95] as it was: chapter
+#   08's `NMS_THRESH` is 0.5 now. Against the peer at its own 0.6 the recipe stands at 1.27x,
+#   1.62x and 1.06x.
 # - The gap on `signs` was the training recipe: the course model trained as the peer is trained
 #   reaches 0.272 (0.98x). Its ReLU deltas are not the answer: they died on one seed in two.
 # - Flips depend on the data: they cost `letters` (mirrored glyphs) and help `tiles`. Scale jitter,

@@ -324,3 +324,16 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_numpy_postprocess_defaults_are_fcos_postprocess_defaults():
+    """deploy keeps its own copy of the post-processing defaults (it never imports torch): they must
+    be fcos_postprocess's, or an exported model would detect differently from the checkpoint."""
+    import inspect
+
+    def defaults(fn):
+        return {name: p.default for name, p in inspect.signature(fn).parameters.items() if name in deploy.POSTPROCESS_DEFAULTS}
+
+    assert defaults(fcos_postprocess) == deploy.POSTPROCESS_DEFAULTS
+    assert defaults(deploy.postprocess) == deploy.POSTPROCESS_DEFAULTS
+    assert defaults(deploy.OnnxDetector.detect) == deploy.POSTPROCESS_DEFAULTS

@@ -4,7 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fcos_lib.inference import detect, fcos_postprocess, fcos_postprocess_per_image, same_detections
+from fcos_lib.inference import NMS_THRESH, detect, fcos_postprocess, fcos_postprocess_per_image, same_detections
 from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.model import FCOS, FCOSPredictions
 from fcos_lib.targets import strides_per_location
@@ -147,7 +147,7 @@ def random_head_outputs(B: int, S: int = 224, C: int = 3, seed: int = 0) -> FCOS
                            [v.shape[0] for v in locations_per_level.values()], (S, S))
 
 
-def torchvision_postprocess(predictions: FCOSPredictions, image_sizes, score_thresh=0.05, nms_thresh=0.6,
+def torchvision_postprocess(predictions: FCOSPredictions, image_sizes, score_thresh=0.05, nms_thresh=NMS_THRESH,
                             topk_candidates=1000, detections_per_img=100) -> list:
     """torchvision's FCOS.postprocess_detections on the same head outputs.
 
