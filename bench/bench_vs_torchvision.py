@@ -82,9 +82,9 @@ from fcos_lib.checkpoint import model_from_checkpoint
 from fcos_lib.cli import build_parser as build_cli_parser, config_from_args
 from fcos_lib.data import VOCDataset
 from fcos_lib.evaluate import evaluate
-from fcos_lib.inference import NMS_THRESH
 from fcos_lib.experiments import build_peer, score_peer, train_peer
 from fcos_lib.heldout import DATASET_CLASSES, HELD_OUT_CLASSES, make_held_out_dataset
+from fcos_lib.inference import NMS_THRESH
 from fcos_lib.train import train
 from fcos_lib.voc import read_class_names
 

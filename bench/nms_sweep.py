@@ -4,8 +4,8 @@ NMS is inference only, so no row is trained again: each (row, dataset, seed) che
 bench/ablations.py left under runs/ablations/ is loaded, run once over the val split, and its
 detections post-processed at each threshold. The score at the threshold the stored result was
 scored with (0.6 for every ablation row: ROWS_NMS_THRESH) must equal it, which checks that the
-checkpoint is the one that was scored. bench/main_job.py's runs on the course data (under runs/main_job/) are re-scored the same
-way ("main job"). Results go to bench/results/nms_sweep.json: mAP@0.5, VOC07 mAP@0.5 and
+checkpoint is the one that was scored. bench/main_job.py's runs on the course data (under
+runs/main_job/) are re-scored the same way ("main job"). Results go to bench/results/nms_sweep.json: mAP@0.5, VOC07 mAP@0.5 and
 mAP@[.5:.95] per threshold, one entry per (row, dataset, seed).
 
     .venv/bin/python bench/nms_sweep.py --rows "default, peer's optimiser + EMA" --datasets signs tiles letters "main job"
@@ -77,9 +77,12 @@ def markdown_table(runs: dict, key: str = "map50") -> str:
 
 
 def _sweep(key: str, checkpoint: Path, root, stored: dict, stored_name: str, path: Path) -> None:
-    """Score one checkpoint at every threshold, check its 0.6 score against `stored`, store the result."""
+    """Score one checkpoint at every threshold, check the score at the stored entry's threshold
+    against it, store the result. root None: the dataset the checkpoint's config names."""
     model, state = model_from_checkpoint(checkpoint)
     cfg = state["config"]
+    if root is None:  # the main job: the folder its config names, or the course dataset
+        root = resolve_data(TrainConfig(**cfg))[0]
     val = VOCDataset(root, cfg["val_split"], class_names=list(state["class_names"]), image_size=cfg["image_size"],
                      in_memory=True)
     by_threshold = metrics_by_threshold(model, val)
@@ -135,8 +138,6 @@ def main() -> None:
                     root = make_held_out_dataset(dataset)
                 if stored is None or not checkpoint.is_file():
                     raise SystemExit(f"no scored checkpoint for {key!r} ({checkpoint}). Fix: train it with {again}")
-                if root is None:  # the main job: the folder its config names, or the course dataset
-                    root = resolve_data(TrainConfig(**model_from_checkpoint(checkpoint)[1]["config"]))[0]
                 _sweep(key, checkpoint, root, stored, name.name, path)
 
 

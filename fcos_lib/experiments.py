@@ -117,12 +117,11 @@ def _rows() -> "OrderedDict[str, dict]":
     # schedule but not on `signs`.
     rows["adopted, lr 0.02"] = {"base": "default", "changes": {**adopted, "lr": 0.02},
                                 "what": "the adopted recipe at twice the learning rate"}
+    adopted_adamw = {**adopted, "optimizer": "adamw", **ADAMW_DEFAULTS, "decay_norms": False}
     rows["adopted, AdamW"] = {"base": "default", "what": "the adopted recipe with AdamW lr 1e-3, weight decay 0.05 "
-                              "(decoupled, not on norms)",
-                              "changes": {**adopted, "optimizer": "adamw", **ADAMW_DEFAULTS, "decay_norms": False}}
+                              "(decoupled, not on norms)", "changes": adopted_adamw}
     rows["adopted, AdamW, no flips"] = {"base": "default", "what": "the adopted recipe with AdamW, without flips",
-                                        "changes": {**adopted, "optimizer": "adamw", **ADAMW_DEFAULTS,
-                                                    "decay_norms": False, "hflip": False}}
+                                        "changes": {**adopted_adamw, "hflip": False}}
     rows["default, no flips"] = {"base": "default", "changes": {"hflip": False}, "what": "without flips"}
     rows["default, ReLU deltas"] = {"base": "default", "changes": {"box_activation": "relu"},
                                     "what": "the default with ReLU deltas (the seed's and torchvision's)"}
