@@ -13,8 +13,8 @@ budget); rows already there are skipped, so an interrupted run continues where i
 
 Budgets: "screen" = 300 iterations of 8 images at 160 px; "full" = 828 iterations of 16 at 224
 px (the issue's budget, about 15 minutes per run on the 2-core development CPU).
-The held-out datasets ("signs", "tiles"; "letters" to confirm) come from fcos_lib.heldout; the
-course never trains on them.
+The held-out datasets ("signs", "tiles"; "letters" to confirm; "cells", measured once at the end)
+come from fcos_lib.heldout; the course never trains on them.
 """
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ bench/results/main_job.json, one entry per (row, seed); rows already there are s
 
     .venv/bin/python bench/main_job.py --rows "course default" "default, peer's training" --seeds 0 1
     .venv/bin/python bench/main_job.py --markdown            # the stored results as a table
+    .venv/bin/python bench/main_job.py --rows "adopted, AdamW" --iters 828   # the main job, run longer
+
+`--iters` other than the main job's 300 stores its runs under "ROW | seed S | N it"; the warm-up
+is then a tenth of the run, as `python -m fcos_lib train --iters N` sets it.
 
 About 3 minutes a run on the 2-core development CPU. Run nothing else meanwhile.
 """
@@ -26,31 +30,42 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablations import mean_range  # noqa: E402
 from fcos_lib.cli import build_parser, config_from_args  # noqa: E402
-from fcos_lib.config import TrainConfig  # noqa: E402
+from fcos_lib.config import COURSE_ITERS, TrainConfig  # noqa: E402
 from fcos_lib.experiments import ABLATION_ROWS, ROWS_DEFAULT, SEEDS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "main_job.json"
 KEYS = ("voc07_map50", "map50", "map")
 
 
-def main_job_config(row: str, seed: int, out) -> TrainConfig:
-    """`python -m fcos_lib train --seed SEED --out OUT` with the row's changes (the rows' default written out)."""
+def main_job_config(row: str, seed: int, out, iters: int = COURSE_ITERS) -> TrainConfig:
+    """`python -m fcos_lib train --seed SEED --out OUT [--iters N]` with the row's changes (the rows'
+    default written out)."""
     spec = ABLATION_ROWS[row]
     if spec.get("peer") or spec["base"] != "default":
         raise ValueError(f"row {row!r} is not a change of the course default; the main job runs those only")
-    cfg = config_from_args(build_parser().parse_args(["train", "--seed", str(seed), "--out", str(out)]))
+    length = [] if iters == COURSE_ITERS else ["--iters", str(iters)]
+    cfg = config_from_args(build_parser().parse_args(["train", "--seed", str(seed), "--out", str(out), *length]))
     return cfg.replace(**ROWS_DEFAULT).replace(**spec["changes"])
 
 
-def _digest(row: str) -> str:
-    return hashlib.sha1(json.dumps({"row": ABLATION_ROWS[row], "job": "main"}, sort_keys=True).encode()).hexdigest()[:12]
+def _digest(row: str, iters: int = COURSE_ITERS) -> str:
+    job = {"row": ABLATION_ROWS[row], "job": "main"}
+    if iters != COURSE_ITERS:
+        job["iters"] = iters
+    return hashlib.sha1(json.dumps(job, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def markdown_table(runs: dict, seeds) -> str:
-    lines = [f"| row (main job, seeds {', '.join(map(str, seeds))}) | VOC07 mAP@0.5 | COCO AP50 | mAP@[.5:.95] |",
+def run_key(row: str, seed: int, iters: int = COURSE_ITERS) -> str:
+    """The results file's key: "ROW | seed S", with " | N it" when the run is not the main job's length."""
+    return f"{row} | seed {seed}" + ("" if iters == COURSE_ITERS else f" | {iters} it")
+
+
+def markdown_table(runs: dict, seeds, iters: int = COURSE_ITERS) -> str:
+    lines = [f"| row (main job, {iters} iterations, seeds {', '.join(map(str, seeds))}) | VOC07 mAP@0.5 | COCO AP50 "
+             "| mAP@[.5:.95] |",
              "|---|---|---|---|"]
     for row in ABLATION_ROWS:
-        found = [runs[f"{row} | seed {s}"] for s in seeds if f"{row} | seed {s}" in runs]
+        found = [runs[run_key(row, s, iters)] for s in seeds if run_key(row, s, iters) in runs]
         if len(found) < len(seeds):
             continue
         lines.append(f"| {row} | " + " | ".join(mean_range([f[key] for f in found]) for key in KEYS) + " |")
@@ -67,29 +82,33 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--out", default="runs/main_job")
+    parser.add_argument("--iters", type=int, default=COURSE_ITERS,
+                        help=f"iterations (default: the main job's {COURSE_ITERS})")
     parser.add_argument("--markdown", action="store_true", help="print the stored results as a Markdown table and stop")
     args = parser.parse_args()
     path = Path(args.results)
     if args.markdown:
-        print(markdown_table(json.loads(path.read_text())["runs"], args.seeds))
+        print(markdown_table(json.loads(path.read_text())["runs"], args.seeds, args.iters))
         return
     unknown = [r for r in args.rows if r not in ABLATION_ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; bench/ablations.py --list shows them")
-    configs = {row: {s: main_job_config(row, s, Path(args.out) / f"seed{s}" / row.replace(" ", "_"))
+    length = "" if args.iters == COURSE_ITERS else f"_{args.iters}it"
+    configs = {row: {s: main_job_config(row, s, Path(args.out) / f"seed{s}" / (row.replace(" ", "_") + length),
+                                        args.iters)
                      for s in args.seeds} for row in args.rows}  # every row checked before any training
     for row, by_seed in configs.items():
         for seed, cfg in by_seed.items():
-            key = f"{row} | seed {seed}"
+            key = run_key(row, seed, args.iters)
             results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-            if results["runs"].get(key, {}).get("spec") == _digest(row):
+            if results["runs"].get(key, {}).get("spec") == _digest(row, args.iters):
                 print(f"have  {key}")
                 continue
             print(f"run   {key}", flush=True)
             state = train(cfg, overwrite=True, progress=False)
             metrics = write_run_report(cfg, state)
             entry = {k: metrics[k] for k in KEYS}
-            entry.update(spec=_digest(row), nms_thresh=NMS_THRESH, train_seconds=round(state["train_seconds"], 1),
+            entry.update(spec=_digest(row, args.iters), nms_thresh=NMS_THRESH, train_seconds=round(state["train_seconds"], 1),
                          measured=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
             results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
             results["runs"][key] = entry

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 # Iterations when --iters is not given: the main job without --data, the full recipe with it.
 from fcos_lib.config import COURSE_ITERS as COURSE_DEFAULT_ITERS, VOC_ITERS as FULL_DEFAULT_ITERS
+from fcos_lib.inference import NMS_THRESH
 
 if TYPE_CHECKING:
     from fcos_lib.config import TrainConfig
@@ -59,6 +60,17 @@ def _parse_threads(text: str) -> int | str:
     return value
 
 
+def _parse_fraction(text: str) -> float:
+    """--score-thresh, --nms-thresh: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fcos_lib import __version__
 
@@ -78,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iters", type=int, help=f"iterations (default: {COURSE_DEFAULT_ITERS} on the course dataset, {FULL_DEFAULT_ITERS} with --data)")
     t.add_argument("--batch-size", type=int, help="images per iteration (default: 16)")
     t.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.01 improved, 8e-3 baseline)")
-    t.add_argument("--optimizer", choices=["sgd", "adamw"],
-                   help="sgd (with momentum 0.9) or adamw; adamw's defaults are lr 1e-3, weight decay 0.05 (none on norms), "
-                        "the recipe's constant rate and EMA, as chapter 10 measured it; it loses on the 300-iteration "
-                        "main job (default: sgd)")
+    t.add_argument("--optimizer", choices=["auto", "sgd", "adamw"],
+                   help="sgd (with momentum 0.9) or adamw (lr 1e-3, weight decay 0.05 with none on norms, the recipe's "
+                        "constant rate and EMA); auto: adamw from scratch for 800 to 10,000 iterations, where chapter 10 "
+                        "measured it ahead, sgd otherwise (the 300-iteration main job, --pretrained, the baseline) "
+                        "(default: auto)")
     t.add_argument("--weight-decay", type=float,
                    help="weight decay; on every parameter in the improved recipe from scratch, on conv and linear weights "
                         "only with --pretrained, --optimizer adamw or the baseline (default: 1e-4 with sgd, 0.05 with adamw)")
@@ -135,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val", help="split to evaluate, ImageSets/Main/<SPLIT>.txt (default: val)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     e.add_argument("--out", help="folder for metrics_<SPLIT>.json (default: the checkpoint's folder)")
+    e.add_argument("--nms-thresh", type=_parse_fraction, default=NMS_THRESH,
+                   help=f"IoU above which class-wise NMS drops the lower-scored box (default: {NMS_THRESH}, "
+                        "chapter 10; the paper's 0.6)")
 
     d = sub.add_parser("detect", help="detect objects in image files and folders",
                        description="Detect objects in images; write <stem>_detections.png per image and "
@@ -149,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files (JPEG, PNG, ...) and folders; a folder means every image file under it, "
                         "recursively, in sorted order (hidden files and the --out folder skipped)")
     d.add_argument("--out", default="detections", help="folder for annotated images and detections.json (default: detections)")
-    d.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring above this (default: 0.3)")
+    d.add_argument("--score-thresh", type=_parse_fraction, default=0.3,
+                   help="keep detections scoring above this (default: 0.3)")
+    d.add_argument("--nms-thresh", type=_parse_fraction, default=NMS_THRESH,
+                   help=f"IoU above which class-wise NMS drops the lower-scored box (default: {NMS_THRESH})")
     d.add_argument("--device", default="auto", help="auto, cpu or cuda; --onnx runs on the CPU (default: auto)")
     d.add_argument("--classes", help="comma-separated class names the model must detect, checked before any "
                                      "work (default: not checked)")
@@ -196,7 +215,9 @@ def config_from_args(args) -> TrainConfig:
     fcos_lib.train.train refuses the changes that would alter the run).
     """
     from fcos_lib.checkpoint import load_checkpoint
-    from fcos_lib.config import ADAMW_DEFAULTS, ADAMW_SCHEDULE, FINE_TUNING, TrainConfig, baseline_recipe, improved_recipe
+    from fcos_lib.config import (
+        ADAMW_DEFAULTS, ADAMW_SCHEDULE, FINE_TUNING, TrainConfig, baseline_recipe, improved_recipe, optimizer_for,
+    )
 
     given = {field: getattr(args, dest) for dest, field in _TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     for field in ("scale_jitter", "steps"):
@@ -204,6 +225,8 @@ def config_from_args(args) -> TrainConfig:
             given[field] = tuple(given[field])
     if given.get("ema_decay") == "off":
         given["ema_decay"] = None
+    if given.get("optimizer") == "auto":
+        del given["optimizer"]  # the same as leaving the flag out: a new run picks by its length, below
     if args.classes is not None:
         given["classes"] = _parse_classes(args.classes)
     given.setdefault("num_threads", "auto")  # the library's own choice for this machine (fcos_lib.cpu_threads)
@@ -216,15 +239,22 @@ def config_from_args(args) -> TrainConfig:
     course = given.get("data") is None
     iters = given.get("iters", COURSE_DEFAULT_ITERS if course else FULL_DEFAULT_ITERS)
     in_memory = given.get("in_memory", course)
+    pretrained = bool(given.get("pretrained_backbone"))
+    if "optimizer" in given:
+        optimizer = {**ADAMW_DEFAULTS, **ADAMW_SCHEDULE} if given["optimizer"] == "adamw" else {}
+    elif args.recipe in (None, "improved"):
+        optimizer = optimizer_for(iters, pretrained)  # by the run's length (chapter 10)
+    else:
+        optimizer = {}  # the seed's baseline keeps its own SGD
     defaults = {
         "iters": iters,
         "in_memory": in_memory,
         "num_workers": 0 if in_memory else recipe.num_workers,
         # The recipe's warm-up, shortened to a tenth of a short run; a recipe without one keeps none.
         "warmup_iters": min(recipe.warmup_iters, iters // 10),
-        **({**ADAMW_DEFAULTS, **ADAMW_SCHEDULE} if given.get("optimizer") == "adamw" else {}),
+        **optimizer,
         # Fine-tuning keeps torchvision's cosine schedule, as chapter 09's voc_recipe does.
-        **(FINE_TUNING if given.get("pretrained_backbone") and args.recipe in (None, "improved") else {}),
+        **(FINE_TUNING if pretrained and args.recipe in (None, "improved") else {}),
     }
     return _checked_steps(_build_config(recipe.replace, **{**defaults, **given}), given)
 
@@ -271,7 +301,9 @@ def _train_in_world(args, cfg: TrainConfig, world) -> int:
         for line in lines:
             print(line)
         processes = f" on {world.size} processes" if world.size > 1 else ""
-        print(f"{verb} on {cfg.data or 'the course dataset'} for {cfg.iters} iterations{processes} -> {cfg.out}/last.pt")
+        optimizer = {"sgd": "SGD", "adamw": "AdamW"}[cfg.optimizer]
+        print(f"{verb} on {cfg.data or 'the course dataset'} for {cfg.iters} iterations{processes} "
+              f"({optimizer}, lr {cfg.lr:g}) -> {cfg.out}/last.pt")
     state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress, sync_bn=args.sync_bn)
     metrics = write_run_report(cfg, state, progress=progress)
     if metrics is not None:  # process 0
@@ -326,14 +358,14 @@ def _evaluate(args) -> int:
     # Its own file per split: the run's metrics.json belongs to the training report.
     path = out / f"metrics_{re.sub(r'[^A-Za-z0-9_.-]', '_', args.split)}.json"
 
-    metrics = evaluate(model, dataset, device=device, progress=True)
+    metrics = evaluate(model, dataset, device=device, progress=True, nms_thresh=args.nms_thresh)
     _print_metrics(metrics)
     if metrics["voc_map50"] is None:
         print(f"note: split {args.split!r} of {root} has no objects to score (no non-difficult ground-truth box); "
               f"every AP is n/a (null in {path.name})", file=sys.stderr)
     record = scalar_metrics(
         metrics, split=args.split, data=str(Path(root).resolve()), image_size=image_size,
-        checkpoint=str(Path(args.checkpoint).resolve()), fcos_lib_version=__version__,
+        checkpoint=str(Path(args.checkpoint).resolve()), nms_thresh=args.nms_thresh, fcos_lib_version=__version__,
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     path.write_text(json.dumps(record, indent=2))
@@ -380,7 +412,7 @@ def _detect_checkpoint(args, classes, files) -> dict:
     _check_classes(state["class_names"], classes, args.checkpoint)
     return detect_files(model, files, args.out, class_names=state["class_names"],
                         image_size=state["config"]["image_size"], score_thresh=args.score_thresh,
-                        device=device, progress=True)
+                        nms_thresh=args.nms_thresh, device=device, progress=True)
 
 
 def _detect_onnx(args, classes, files) -> dict:
@@ -391,7 +423,8 @@ def _detect_onnx(args, classes, files) -> dict:
                          "leave out --device, or use --checkpoint")
     detector = OnnxDetector(args.onnx)
     _check_classes(detector.class_names, classes, args.onnx)
-    return detect_files_onnx(detector, files, args.out, score_thresh=args.score_thresh, progress=True)
+    return detect_files_onnx(detector, files, args.out, score_thresh=args.score_thresh, nms_thresh=args.nms_thresh,
+                             progress=True)
 
 
 def _export(args) -> int:

@@ -538,7 +538,8 @@ def draw_detections(image: Image.Image, boxes, labels, scores, class_names) -> I
     return picture
 
 
-def detect_files_onnx(detector: OnnxDetector, paths, out, score_thresh: float = 0.3, progress: bool = False) -> dict:
+def detect_files_onnx(detector: OnnxDetector, paths, out, score_thresh: float = 0.3, progress: bool = False,
+                      nms_thresh: float = POSTPROCESS_DEFAULTS["nms_thresh"]) -> dict:
     """fcos_lib.inference.detect_files with an OnnxDetector: annotated PNGs and detections.json in `out`.
 
     The same files, output names, detections.json layout and "failed" list as detect_files (its
@@ -567,7 +568,8 @@ def detect_files_onnx(detector: OnnxDetector, paths, out, score_thresh: float = 
             failed.append({"image": str(path), "error": str(err)})
             bar.set_postfix(failed=len(failed))
             continue
-        detection = detector.detect_letterboxed(pixels[None], [meta], score_thresh=score_thresh)[0]
+        detection = detector.detect_letterboxed(pixels[None], [meta], score_thresh=score_thresh,
+                                                nms_thresh=nms_thresh)[0]
         boxes, scores, labels = detection["boxes"], detection["scores"], detection["labels"]
         output = _unique_output_name(path.stem, taken)
         images.append({

@@ -882,7 +882,7 @@ def _unique_output_name(stem: str, taken: set) -> str:
 
 
 def detect_files(model, paths, out, class_names, image_size: int, score_thresh: float = 0.3,
-                 device="cpu", progress: bool = False) -> dict:
+                 device="cpu", progress: bool = False, nms_thresh: float = NMS_THRESH) -> dict:
     """Detect objects in image files and folders; write an annotated PNG per image and detections.json to `out`.
 
     Args:
@@ -892,6 +892,8 @@ def detect_files(model, paths, out, class_names, image_size: int, score_thresh: 
         class_names: the C names of the model's classes (a checkpoint's "class_names").
         image_size: S, the square input the model was trained at (a checkpoint's config).
         progress: show a progress bar over the files (tqdm.auto, on stderr).
+        score_thresh, nms_thresh: the detections kept, as in fcos_postprocess (0.3: fewer, surer
+            boxes than the 0.05 that the metric wants).
     Returns:
         what detections.json holds: {"images": [one dict per image read: image (its path),
         output (the annotated PNG's name in `out`), width, height, detections [{box (x1, y1,
@@ -924,7 +926,7 @@ def detect_files(model, paths, out, class_names, image_size: int, score_thresh: 
             failed.append({"image": str(path), "error": str(err)})
             bar.set_postfix(failed=len(failed))
             continue
-        det = detect(model, tensor[None].to(device), [meta], score_thresh=score_thresh)[0]
+        det = detect(model, tensor[None].to(device), [meta], score_thresh=score_thresh, nms_thresh=nms_thresh)[0]
         boxes, scores, labels = det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()
         output = _unique_output_name(path.stem, taken)
         images.append({

@@ -13,6 +13,7 @@ from PIL import Image
 
 from fcos_lib.cli import build_parser, config_from_args, main
 from fcos_lib.config import baseline_recipe, improved_recipe
+from fcos_lib.inference import NMS_THRESH
 
 TINY = ["--image-size", "64", "--batch-size", "2", "--iters", "3", "--device", "cpu"]
 # tiny_data and trained: tests/conftest.py
@@ -52,6 +53,45 @@ def test_evaluate_agrees_with_the_library(trained, tiny_data, tmp_path, capsys):
     library = evaluate(model, VOCDataset(tiny_data, "val", class_names=state["class_names"], image_size=64))
     assert printed["map50"] == library["map50"] and printed["map"] == library["map"]
     assert printed["per_class_ap50"] == library["per_class_ap50"]
+    assert printed["nms_thresh"] == NMS_THRESH
+
+
+def test_nms_thresh_flag_reaches_evaluate_and_detect(trained, tiny_data, tmp_path, capsys):
+    from fcos_lib.checkpoint import model_from_checkpoint
+    from fcos_lib.data import VOCDataset
+    from fcos_lib.evaluate import evaluate
+    from torchvision.ops import box_iou
+
+    assert main(["evaluate", "--checkpoint", str(trained / "last.pt"), "--data", str(tiny_data), "--split", "val",
+                 "--device", "cpu", "--out", str(tmp_path), "--nms-thresh", "0.3"]) == 0
+    printed = json.loads((tmp_path / "metrics_val.json").read_text())
+    model, state = model_from_checkpoint(trained / "last.pt")
+    library = evaluate(model, VOCDataset(tiny_data, "val", class_names=state["class_names"], image_size=64),
+                       nms_thresh=0.3)
+    assert printed["nms_thresh"] == 0.3 and printed["map"] == library["map"]
+    # detect: at NMS 0 no two kept boxes of one class overlap; at 1 NMS drops (almost) nothing.
+    image = next((tiny_data / "JPEGImages").iterdir())
+    found = {}
+    for thresh in ("0", "1"):
+        out = tmp_path / f"nms{thresh}"
+        assert main(["detect", "--checkpoint", str(trained / "last.pt"), str(image), "--out", str(out),
+                     "--score-thresh", "0", "--nms-thresh", thresh, "--device", "cpu"]) == 0
+        found[thresh] = json.loads((out / "detections.json").read_text())["images"][0]["detections"]
+    assert 0 < len(found["0"]) < len(found["1"])
+    for label in {d["label"] for d in found["0"]}:
+        boxes = torch.tensor([d["box"] for d in found["0"] if d["label"] == label])
+        assert (box_iou(boxes, boxes).fill_diagonal_(0) == 0).all()
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "high"])
+def test_bad_thresholds_name_the_flag(capsys, value):
+    for argv in (["evaluate", "--checkpoint", "x.pt", "--nms-thresh", value],
+                 ["detect", "--checkpoint", "x.pt", "x.png", "--nms-thresh", value],
+                 ["detect", "--checkpoint", "x.pt", "x.png", "--score-thresh", value]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        err = capsys.readouterr().err
+        assert argv[-2] in err and "[0, 1]" in err
 
 
 def test_detect_writes_boxes_in_original_pixels(trained, tiny_data, tmp_path):
@@ -197,7 +237,8 @@ def test_every_flag_reaches_the_config(context, flag, field, value):
     base, changed = cfg_of(*context), cfg_of(*context, *flag)
     assert getattr(changed, field) == value
     # ... and changes nothing else, besides the defaults the flag implies.
-    implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters"}, "iters": {"warmup_iters"},
+    adamw = {"optimizer", "lr", "weight_decay", "schedule", "decay_norms", "ema_decay"}  # --data: 9000 iterations
+    implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters", *adamw}, "iters": {"warmup_iters"},
                "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay", "schedule", "decay_norms", "ema_decay"},
                "pretrained_backbone": {"schedule", "decay_norms", "ema_decay"}}.get(field, set())
     base, changed = dataclass_dict(base), dataclass_dict(changed)
@@ -214,6 +255,27 @@ def test_adamw_brings_its_own_lr_and_decay_unless_given():
     assert cfg_of("--optimizer", "adamw", "--schedule", "cosine").schedule == "cosine"
     given = cfg_of("--optimizer", "adamw", "--lr", "3e-4", "--weight-decay", "0.01")
     assert (given.lr, given.weight_decay) == (3e-4, 0.01)
+
+
+def test_the_runs_length_picks_the_optimizer_unless_told():
+    from fcos_lib.config import ADAMW_DEFAULTS, ADAMW_ITERS, ADAMW_SCHEDULE
+
+    def optimizer(*argv):
+        return cfg_of(*argv).optimizer
+
+    low, high = ADAMW_ITERS
+    assert optimizer() == "sgd"  # the 300-iteration main job
+    assert [optimizer("--iters", str(n)) for n in (low - 1, low, high, high + 1)] == ["sgd", "adamw", "adamw", "sgd"]
+    assert optimizer("--data", "D") == "adamw"  # 9,000 iterations by default
+    long = cfg_of("--iters", "828")
+    assert long == cfg_of("--iters", "828", "--optimizer", "adamw") == cfg_of("--iters", "828", "--optimizer", "auto")
+    assert {k: getattr(long, k) for k in {**ADAMW_DEFAULTS, **ADAMW_SCHEDULE}} == {**ADAMW_DEFAULTS, **ADAMW_SCHEDULE}
+    # Told, or where AdamW was not measured ahead: SGD, the recipe's own settings.
+    assert cfg_of("--iters", "828", "--optimizer", "sgd") == improved_recipe(
+        iters=828, warmup_iters=82, in_memory=True, num_workers=0, num_threads="auto")
+    assert optimizer("--iters", "828", "--pretrained") == "sgd"
+    assert optimizer("--iters", "828", "--recipe", "baseline") == "sgd"
+    assert cfg_of("--iters", "828", "--lr", "3e-4").lr == 3e-4  # a given rate is kept
 
 
 def test_schedule_and_flip_flags_reach_the_config(capsys):

@@ -217,15 +217,17 @@ def test_onnx_runs_a_batch_of_one(exported, images):
 
 # ---------------------------------------------------------------------------------- command line
 
-def test_cli_export_then_detect_onnx_writes_what_detect_checkpoint_writes(exported, checkpoint, images, tmp_path):
+@pytest.mark.parametrize("nms_flag", [[], ["--nms-thresh", "0.3"]], ids=["default NMS", "NMS 0.3"])
+def test_cli_export_then_detect_onnx_writes_what_detect_checkpoint_writes(exported, checkpoint, images, tmp_path,
+                                                                          nms_flag):
     folder = tmp_path / "photos"
     folder.mkdir()
     for k, image in enumerate(images[:2]):
         image.save(folder / f"photo{k}.png")
     assert main(["detect", "--onnx", str(exported), str(folder), "--out", str(tmp_path / "onnx"),
-                 "--score-thresh", "0.1", "--classes", ",".join(CLASSES)]) == 0
+                 "--score-thresh", "0.1", "--classes", ",".join(CLASSES), *nms_flag]) == 0
     assert main(["detect", "--checkpoint", str(checkpoint), str(folder), "--out", str(tmp_path / "torch"),
-                 "--score-thresh", "0.1", "--device", "cpu"]) == 0
+                 "--score-thresh", "0.1", "--device", "cpu", *nms_flag]) == 0
     onnx_json = json.loads((tmp_path / "onnx" / "detections.json").read_text())
     torch_json = json.loads((tmp_path / "torch" / "detections.json").read_text())
     assert onnx_json["failed"] == [] and len(onnx_json["images"]) == 2

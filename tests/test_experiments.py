@@ -11,7 +11,9 @@ from fcos_lib.data import VOCDataset
 from fcos_lib.experiments import (
     ABLATION_ROWS, BUDGETS, DESIGN_CHANGES, ROWS_DEFAULT, SEED_BASELINE, build_peer, row_config,
 )
-from fcos_lib.heldout import CONFIRMATION_CLASSES, DATASET_CLASSES, HELD_OUT_CLASSES, make_held_out_dataset
+from fcos_lib.heldout import (
+    CONFIRMATION_CLASSES, DATASET_CLASSES, FRESH_CLASSES, HELD_OUT_CLASSES, make_held_out_dataset,
+)
 from fcos_lib.voc import read_class_names
 
 
@@ -31,12 +33,13 @@ def test_held_out_datasets_are_voc_layout_with_their_own_classes(held_out):
         assert image.shape == (3, 160, 160)
         boxes = target["boxes"]
         assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
-    # The datasets share no class with each other or with the course dataset; "letters" is kept
-    # apart from the rows' two.
+    # The datasets share no class with each other or with the course dataset; "letters" and
+    # "cells" are kept apart from the rows' two.
     from fcos_lib.course_data import COURSE_CLASSES
     every = [*DATASET_CLASSES.values(), COURSE_CLASSES]
     assert sum(len(set(names)) for names in every) == len(set().union(*every))
     assert set(HELD_OUT_CLASSES) == {"signs", "tiles"} and set(CONFIRMATION_CLASSES) == {"letters"}
+    assert set(FRESH_CLASSES) == {"cells"}
 
 
 def test_held_out_generation_is_reproducible_and_reused(held_out, tmp_path):
@@ -49,7 +52,7 @@ def test_held_out_generation_is_reproducible_and_reused(held_out, tmp_path):
     assert (again / ".done").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("kind", ["signs", "letters"])
+@pytest.mark.parametrize("kind", ["signs", "letters", "cells"])
 def test_held_out_marks_difficult_objects(kind, tmp_path):
     root = make_held_out_dataset(kind, tmp_path / kind, num_train=40, num_val=1)
     flags = [int(obj.findtext("difficult")) for xml in (root / "Annotations").glob("train_*.xml")
@@ -80,12 +83,17 @@ def test_row_configs(held_out):
                                image_size=224, in_memory=True, num_workers=0, device="cpu", seed=0, out="out",
                                warmup_iters=82)
     assert default == expected and default.ema_decay is None  # version 0.1 evaluated the last weights
-    # ... and the row chapter 09 adopted is what `python -m fcos_lib train --data DIR --iters N` runs now.
+    # ... and the rows chapter 10 adopted are what `python -m fcos_lib train --data DIR --iters 828`
+    # runs now: AdamW for a run of this length, and with `--optimizer sgd` the SGD recipe.
+    def cli(*flags):
+        return config_from_args(build_parser().parse_args([
+            "train", "--data", str(root), "--iters", "828", "--batch-size", "16", "--image-size", "224", "--in-memory",
+            "--workers", "0", "--device", "cpu", "--seed", "0", "--out", "out", *flags]))
+
     adopted = row_config("default, peer's optimiser + EMA", "full", root, 0, "out")
-    cli = config_from_args(build_parser().parse_args([
-        "train", "--data", str(root), "--iters", "828", "--batch-size", "16", "--image-size", "224", "--in-memory",
-        "--workers", "0", "--device", "cpu", "--seed", "0", "--out", "out"]))
-    assert adopted == cli.replace(classes=adopted.classes, num_threads=None)
+    assert adopted == cli("--optimizer", "sgd").replace(classes=adopted.classes, num_threads=None)
+    assert row_config("adopted, AdamW", "full", root, 0, "out") == cli().replace(classes=adopted.classes,
+                                                                                num_threads=None)
     assert row_config("default + ATSS", "full", root, 0, "out") == expected.replace(assigner="atss")
     assert row_config("default, AdamW", "full", root, 0, "out") == \
         expected.replace(optimizer="adamw", lr=1e-3, weight_decay=0.05)

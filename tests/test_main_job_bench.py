@@ -1,0 +1,40 @@
+"""bench/main_job.py: its runs are the CLI's main job with a row's changes, at 300 iterations or --iters."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from fcos_lib.config import COURSE_ITERS
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def main_job():
+    sys.path.insert(0, str(BENCH))  # main_job imports its neighbour ablations
+    spec = importlib.util.spec_from_file_location("main_job", BENCH / "main_job.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_main_job_length_keeps_the_stored_keys_and_digests(main_job):
+    # Entries stored before --iters existed must still be found (and not re-run).
+    stored = json.loads((BENCH / "results" / "main_job.json").read_text())["runs"]
+    row = "adopted, AdamW"
+    assert main_job.run_key(row, 0) == f"{row} | seed 0" and main_job.run_key(row, 0, COURSE_ITERS) == f"{row} | seed 0"
+    assert stored[f"{row} | seed 0"]["spec"] == main_job._digest(row)
+
+
+def test_a_longer_run_is_its_own_entry_with_the_clis_warm_up(main_job, tmp_path):
+    row = "adopted, AdamW"
+    assert main_job.run_key(row, 1, 828) == f"{row} | seed 1 | 828 it"
+    assert main_job._digest(row, 828) != main_job._digest(row)
+    short, long = main_job.main_job_config(row, 1, tmp_path), main_job.main_job_config(row, 1, tmp_path, 828)
+    assert (short.iters, short.warmup_iters) == (COURSE_ITERS, COURSE_ITERS // 10)
+    assert (long.iters, long.warmup_iters) == (828, 82)
+    # Only the length differs: the data, the row's optimiser and the evaluation are the main job's.
+    assert long.replace(iters=short.iters, warmup_iters=short.warmup_iters) == short
+    assert long.optimizer == "adamw" and long.in_memory
