@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, help="square network input in pixels, a multiple of 32 (default: 224)")
     t.add_argument("--iters", type=int, help=f"iterations (default: {COURSE_DEFAULT_ITERS} on the course dataset, {FULL_DEFAULT_ITERS} with --data)")
     t.add_argument("--batch-size", type=int, help="images per iteration (default: 16)")
-    t.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.01 improved, 8e-3 baseline)")
+    t.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.01 improved with sgd, 1e-3 with adamw, "
+                                                "8e-3 baseline)")
     t.add_argument("--optimizer", choices=["auto", "sgd", "adamw"],
                    help="sgd (with momentum 0.9) or adamw (lr 1e-3, weight decay 0.05 with none on norms, the recipe's "
                         "constant rate and EMA); auto: adamw from scratch for 800 to 10,000 iterations, where chapter 10 "

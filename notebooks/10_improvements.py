@@ -1801,7 +1801,7 @@ nms_table(datasets=("cells",))
 #   (0.310-0.332), **1.06x**, where it stood at 1.25x to 1.44x on `signs` and `tiles`, the data
 #   its changes were chosen on. mAP@[.5:.95] keeps more of it (0.194 against 0.170, 1.14x). That
 #   is pitfall P16, measured: part of each win on the first datasets was a fit to them.
-# - **AdamW keeps its lead**: 0.444 (0.419-0.468), **1.38x** the peer, mAP@[.5:.95] 0.284
+# - **AdamW keeps its lead**: 0.444 (0.419-0.468), **1.38x** the peer, mAP@[.5:.95] 0.283
 #   (1.67x). It is now ahead of SGD on four held-out datasets of four, on both seeds of each.
 # - **Flips neither help nor hurt here** (0.331 without, 0.340 with): cells have no handedness,
 #   and the data already holds every angle.
