@@ -920,6 +920,13 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.iteration, self.path = signum, iteration, path
 
 
+def _workers_terminated(err: RuntimeError) -> bool:
+    """True when `err` is the DataLoader's report that a worker was stopped by SIGTERM or SIGINT
+    (not killed by the kernel for memory, SIGKILL, which stays an error)."""
+    message = str(err)
+    return "DataLoader worker" in message and ("signal: Terminated" in message or "signal: Interrupt" in message)
+
+
 @contextlib.contextmanager
 def _stop_at_step_boundary():
     """Turn SIGINT and SIGTERM into a request to stop after the current iteration.
@@ -1263,6 +1270,13 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
                     state["train_seconds"] += time.perf_counter() - tic
                     tic = last_save = time.perf_counter()
                     checkpoint(flip_state)
+        except RuntimeError as err:
+            # A SIGTERM sent to the whole process group (`timeout`, a job scheduler) also stops the
+            # DataLoader's worker processes, and PyTorch reports that here, maybe before this
+            # process's own handler has run: the same request to stop, not a failure.
+            if not _workers_terminated(err):
+                raise
+            stop["signum"] = stop["signum"] or signal.SIGTERM
         finally:
             # Whatever happened (the end, a signal, an error), save the last finished iteration, if
             # this call finished one; the random draws of an interrupted iteration are not kept.

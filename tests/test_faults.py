@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -272,6 +273,29 @@ def test_sigterm_checkpoints_prints_one_line_and_exits_143(data, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SIGTERM after iteration 3" in err[0] and "--resume" in err[0]
     assert load_checkpoint(out / "last.pt")["iteration"] == 3  # the interrupted iteration was finished
+
+
+def test_sigterm_to_the_process_group_with_workers_checkpoints_and_exits_143(data, tmp_path):
+    # `timeout` and job schedulers signal the whole group: the DataLoader's workers die too, and
+    # PyTorch says so, maybe before the main process's handler runs. Still a stop, not an error.
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fcos_lib", "train", "--data", str(data), "--out", str(out), "--iters", "100000",
+               "--workers", "2", "--checkpoint-every", "1000000", *TINY]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:  # wait until training runs
+            if line.startswith("training on"):
+                break
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted by SIGTERM after iteration" in err and "--resume" in err and "error" not in err, err[-2000:]
+    assert load_checkpoint(out / "last.pt")["iteration"] > 0
 
 
 @pytest.mark.parametrize("call", [1, 3, 5])
