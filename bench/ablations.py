@@ -40,6 +40,11 @@ def _key(row: str, dataset: str, seed: int, budget: str) -> str:
     return f"{row} | {dataset} | seed {seed} | {budget}"
 
 
+def row_folder(out, budget: str, dataset: str, seed: int, row: str) -> Path:
+    """Where an fcos_lib row's run keeps its last.pt: OUT/BUDGET/DATASET/seedS/ROW_WITH_UNDERSCORES."""
+    return Path(out) / budget / dataset / f"seed{seed}" / row.replace(" ", "_")
+
+
 def mean_range(values) -> str:
     """A table cell: the mean of the seeds' values and their range, "0.325 (0.320-0.331)"."""
     return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
@@ -104,7 +109,7 @@ def main() -> None:
                     print(f"have  {key}")
                     continue
                 print(f"run   {key}", flush=True)
-                out = Path(args.out) / args.budget / dataset / f"seed{seed}" / row.replace(" ", "_")
+                out = row_folder(args.out, args.budget, dataset, seed, row)
                 tic = time.perf_counter()
                 if ABLATION_ROWS[row].get("peer"):
                     metrics = run_peer_row(args.budget, root, seed)

@@ -43,8 +43,8 @@ def main_job_config(row: str, seed: int, out, iters: int = COURSE_ITERS) -> Trai
     spec = ABLATION_ROWS[row]
     if spec.get("peer") or spec["base"] != "default":
         raise ValueError(f"row {row!r} is not a change of the course default; the main job runs those only")
-    length = [] if iters == COURSE_ITERS else ["--iters", str(iters)]
-    cfg = config_from_args(build_parser().parse_args(["train", "--seed", str(seed), "--out", str(out), *length]))
+    argv = ["train", "--seed", str(seed), "--out", str(out), "--iters", str(iters)]
+    cfg = config_from_args(build_parser().parse_args(argv))
     return cfg.replace(**ROWS_DEFAULT).replace(**spec["changes"])
 
 
@@ -58,6 +58,12 @@ def _digest(row: str, iters: int = COURSE_ITERS) -> str:
 def run_key(row: str, seed: int, iters: int = COURSE_ITERS) -> str:
     """The results file's key: "ROW | seed S", with " | N it" when the run is not the main job's length."""
     return f"{row} | seed {seed}" + ("" if iters == COURSE_ITERS else f" | {iters} it")
+
+
+def run_folder(out, row: str, seed: int, iters: int = COURSE_ITERS) -> Path:
+    """Where a run keeps its last.pt: OUT/seedS/ROW_WITH_UNDERSCORES, with "_Nit" when not 300 iterations."""
+    length = "" if iters == COURSE_ITERS else f"_{iters}it"
+    return Path(out) / f"seed{seed}" / (row.replace(" ", "_") + length)
 
 
 def markdown_table(runs: dict, seeds, iters: int = COURSE_ITERS) -> str:
@@ -93,9 +99,7 @@ def main() -> None:
     unknown = [r for r in args.rows if r not in ABLATION_ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; bench/ablations.py --list shows them")
-    length = "" if args.iters == COURSE_ITERS else f"_{args.iters}it"
-    configs = {row: {s: main_job_config(row, s, Path(args.out) / f"seed{s}" / (row.replace(" ", "_") + length),
-                                        args.iters)
+    configs = {row: {s: main_job_config(row, s, run_folder(args.out, row, s, args.iters), args.iters)
                      for s in args.seeds} for row in args.rows}  # every row checked before any training
     for row, by_seed in configs.items():
         for seed, cfg in by_seed.items():

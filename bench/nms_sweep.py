@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import RESULTS as ABLATIONS, _key, mean_range  # noqa: E402
-from main_job import RESULTS as MAIN_JOB  # noqa: E402
+from ablations import RESULTS as ABLATIONS, _key, mean_range, row_folder  # noqa: E402
+from main_job import RESULTS as MAIN_JOB, run_folder, run_key  # noqa: E402
 from fcos_lib.checkpoint import model_from_checkpoint  # noqa: E402
 from fcos_lib.config import TrainConfig  # noqa: E402
 from fcos_lib.data import VOCDataset, collate_detection  # noqa: E402
@@ -121,18 +121,17 @@ def main() -> None:
     held_out = json.loads(ABLATIONS.read_text())["runs"]
     main_job = json.loads(MAIN_JOB.read_text())["runs"] if MAIN_JOB.is_file() else {}
     for row in args.rows:
-        folder = row.replace(" ", "_")
         for dataset in args.datasets:
             for seed in args.seeds:
                 if dataset == "main job":
-                    key, stored, name = f"{row} | main job | seed {seed}", main_job.get(f"{row} | seed {seed}"), MAIN_JOB
-                    checkpoint = Path("runs/main_job") / f"seed{seed}" / folder / "last.pt"
+                    key, stored, name = f"{row} | main job | seed {seed}", main_job.get(run_key(row, seed)), MAIN_JOB
+                    checkpoint = run_folder("runs/main_job", row, seed) / "last.pt"
                     again = f'.venv/bin/python bench/main_job.py --rows "{row}" --seeds {seed}'
                     root = None
                 else:
                     key, name = _key(row, dataset, seed, args.budget), ABLATIONS
                     stored = held_out.get(key)
-                    checkpoint = Path("runs/ablations") / args.budget / dataset / f"seed{seed}" / folder / "last.pt"
+                    checkpoint = row_folder("runs/ablations", args.budget, dataset, seed, row) / "last.pt"
                     again = (f'.venv/bin/python bench/ablations.py --budget {args.budget} --datasets {dataset} '
                              f'--rows "{row}" --seeds {seed}')
                     root = make_held_out_dataset(dataset)
