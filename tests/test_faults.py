@@ -280,14 +280,17 @@ def test_sigterm_to_the_process_group_with_workers_checkpoints_and_exits_143(dat
     # PyTorch says so, maybe before the main process's handler runs. Still a stop, not an error.
     out = tmp_path / "run"
     command = [sys.executable, "-m", "fcos_lib", "train", "--data", str(data), "--out", str(out), "--iters", "100000",
-               "--workers", "2", "--checkpoint-every", "1000000", *TINY]
+               "--workers", "2", "--checkpoint-every", "1", *TINY]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        for line in proc.stdout:  # wait until training runs
+        for line in proc.stdout:  # wait until the loop runs: its first checkpoint is written
             if line.startswith("training on"):
                 break
-        time.sleep(3)
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1)
         os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
