@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["cosine", "step", "constant"],
                    help="learning rate after the warm-up: cosine decay to 0, steps at 60 %% and 90 %%, or constant "
                         "(default: the recipe's: constant improved, cosine improved with --pretrained, step baseline)")
+    t.add_argument("--warmup-iters", type=int, metavar="N",
+                   help="iterations over which the rate rises linearly from 0.1 %% of --lr to it (default: a tenth "
+                        "of --iters, at most 500; none in the baseline recipe; 0: none)")
     t.add_argument("--steps", type=float, nargs="+", metavar="FRACTION",
                    help="with --schedule step: the fractions of --iters at which the rate is cut tenfold, e.g. "
                         "--steps 0.9 for one cut in the last 10 %% (default: 0.6 0.9)")
@@ -192,7 +195,7 @@ _TRAIN_FLAGS = {
     "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes", "skip_bad_boxes": "skip_bad_boxes",
     "ema_decay": "ema_decay", "scale_jitter": "scale_jitter", "assigner": "assigner", "threads": "num_threads",
     "cpu_bf16": "cpu_bf16", "optimizer": "optimizer", "weight_decay": "weight_decay", "schedule": "schedule",
-    "hflip": "hflip", "steps": "steps",
+    "hflip": "hflip", "steps": "steps", "warmup_iters": "warmup_iters",
 }
 
 
@@ -459,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from fcos_lib.checkpoint import CheckpointError
     from fcos_lib.distributed import StoppedOnMain
+    from fcos_lib.train import worker_stop_signal
     from fcos_lib.voc import DatasetError
 
     # Under torchrun every process runs this; an error that all of them meet is said once, by process 0.
@@ -468,6 +472,11 @@ def _run(args) -> int:
     except StoppedOnMain:  # process 0 failed a check it makes for all, and reported it
         return 2
     except (DatasetError, CheckpointError, ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, ...
+        signum = worker_stop_signal(err)
+        if signum is not None:  # a signal to the process group reached a DataLoader worker first: a stop
+            if rank == "0":
+                print(_interrupted(err, signum, args), file=sys.stderr)
+            return 128 + signum
         print(f"error: {err}" if rank == "0" else f"error (process {rank}): {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (see _terminate)
@@ -477,7 +486,7 @@ def _run(args) -> int:
         return 128 + signum
 
 
-def _interrupted(err: KeyboardInterrupt, signum: int, args) -> str:
+def _interrupted(err: BaseException, signum: int, args) -> str:
     if getattr(err, "iteration", None) is not None:  # fcos_lib.train.TrainingInterrupted: saved
         return str(err)
     if args.command == "train":

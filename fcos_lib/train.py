@@ -7,7 +7,7 @@ Letters: B images, N boxes per image (padded), H/W the input height and width.
 """
 from __future__ import annotations
 
-__all__ = ['IterationBatchSampler', 'random_horizontal_flip', 'random_rescale', 'ema_decay_at', 'ema_update', 'build_optimizer', 'lr_multiplier', 'build_scheduler', 'resolve_data', 'dataset_fingerprint', 'make_grad_scaler', 'LOSS_NAMES', 'LOG_EVERY', 'TrainingInterrupted', 'run_folder_lock', 'check_run_folder', 'preflight', 'DeviceBatches', 'training_batches', 'train']
+__all__ = ['IterationBatchSampler', 'random_horizontal_flip', 'random_rescale', 'ema_decay_at', 'ema_update', 'build_optimizer', 'lr_multiplier', 'build_scheduler', 'resolve_data', 'dataset_fingerprint', 'make_grad_scaler', 'LOSS_NAMES', 'LOG_EVERY', 'TrainingInterrupted', 'worker_stop_signal', 'run_folder_lock', 'check_run_folder', 'preflight', 'DeviceBatches', 'training_batches', 'train']
 
 import contextlib
 import copy
@@ -272,11 +272,17 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.iteration, self.path = signum, iteration, path
 
 
-def _workers_terminated(err: RuntimeError) -> bool:
-    """True when `err` is the DataLoader's report that a worker was stopped by SIGTERM or SIGINT
-    (not killed by the kernel for memory, SIGKILL, which stays an error)."""
+def worker_stop_signal(err: BaseException):
+    """SIGTERM or SIGINT when `err` is PyTorch's report that a DataLoader worker was stopped by that
+    signal (a signal to the whole process group: `timeout`, a job scheduler), else None: a worker
+    killed by the kernel for memory (SIGKILL) stays an error."""
     message = str(err)
-    return "DataLoader worker" in message and ("signal: Terminated" in message or "signal: Interrupt" in message)
+    if "DataLoader worker" not in message:
+        return None
+    for signum, name in ((signal.SIGTERM, "Terminated"), (signal.SIGINT, "Interrupt")):
+        if f"signal: {name}" in message:
+            return signum
+    return None
 
 
 @contextlib.contextmanager
@@ -626,9 +632,10 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
             # A SIGTERM sent to the whole process group (`timeout`, a job scheduler) also stops the
             # DataLoader's worker processes, and PyTorch reports that here, maybe before this
             # process's own handler has run: the same request to stop, not a failure.
-            if not _workers_terminated(err):
+            signum = worker_stop_signal(err)
+            if signum is None:
                 raise
-            stop["signum"] = stop["signum"] or signal.SIGTERM
+            stop["signum"] = stop["signum"] or signum
         finally:
             # Whatever happened (the end, a signal, an error), save the last finished iteration, if
             # this call finished one; the random draws of an interrupted iteration are not kept.

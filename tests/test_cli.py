@@ -232,6 +232,8 @@ def test_no_flags_is_the_main_job():
     ([], ["--weight-decay", "0.001"], "weight_decay", 0.001),
     ([], ["--optimizer", "adamw"], "optimizer", "adamw"),
     (["--schedule", "step"], ["--steps", "0.9"], "steps", (0.9,)),
+    ([], ["--warmup-iters", "250"], "warmup_iters", 250),
+    ([], ["--warmup-iters", "0"], "warmup_iters", 0),
 ])
 def test_every_flag_reaches_the_config(context, flag, field, value):
     base, changed = cfg_of(*context), cfg_of(*context, *flag)

@@ -301,6 +301,27 @@ def test_sigterm_to_the_process_group_with_workers_checkpoints_and_exits_143(dat
     assert load_checkpoint(out / "last.pt")["iteration"] > 0
 
 
+@pytest.mark.parametrize("signal_name, status", [("Terminated", 143), ("Interrupt", 130), ("Killed", 2)])
+def test_workers_stopped_by_a_group_signal_before_the_loop_is_a_stop_not_an_error(data, tmp_path, capsys, monkeypatch,
+                                                                                  signal_name, status):
+    # The same group signal can reach the workers while the data is still being checked, before any
+    # iteration: a stop (one line, 128 + signum), while a worker killed for memory (SIGKILL) stays an error.
+    from fcos_lib import train as train_module
+
+    def workers_stopped(*args, **kwargs):
+        raise RuntimeError(f"DataLoader worker (pid 4242) is killed by signal: {signal_name}. ")
+
+    monkeypatch.setattr(train_module, "preflight", workers_stopped)
+    assert run("--data", str(data), "--out", str(tmp_path / "run"), "--iters", "3", *TINY) == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    if status == 2:
+        assert err[0].startswith("error: ") and "Killed" in err[0]
+    else:
+        name = {143: "SIGTERM", 130: "SIGINT"}[status]
+        assert err[0].startswith(f"interrupted by {name};") and "--resume" in err[0] and "error" not in err[0]
+
+
 @pytest.mark.parametrize("call", [1, 3, 5])
 def test_ctrl_c_then_resume_is_bit_exact(data, tmp_path, monkeypatch, call):
     straight = train(tiny_cfg(data, tmp_path / "straight"), progress=False)
@@ -386,6 +407,7 @@ def test_the_main_job_checkpoints_within_minutes():
     ("--seed", "-1", "an int >= 0"),
     ("--checkpoint-every", "0", "an int >= 1"),
     ("--checkpoint-minutes", "0", "a number > 0"),
+    ("--warmup-iters", "-1", "an int >= 0"),
 ])
 def test_every_numeric_flag_is_checked_in_one_line(data, tmp_path, capsys, flag, value, allowed):
     out = tmp_path / "run"
