@@ -685,8 +685,11 @@ Chapter 09 of the course (notebooks/09_train_eval.py).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -699,32 +702,61 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, unreadable, or for another class list or recipe."""
 
 
+# Signals whose Python handlers may raise: Ctrl-C, SIGTERM (the command line's handler), and
+# SIGCHLD, where PyTorch's DataLoader raises when a worker dies (a signal to the process group
+# kills the workers too). Raised inside torch.save, any of them breaks its writer half-way
+# ("unexpected pos ..."), and the run ends with that error instead of a clean stop.
+_DEFERRED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGCHLD") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Run the block with those signals recorded, not handled; at its end the previous handlers are
+    back and each recorded signal is raised again, so it is handled then, as if it came just after.
+    Python runs signal handlers in the main thread only: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    deferred = [s for s in _DEFERRED_SIGNALS if signal.getsignal(s) is not None]  # None: set outside Python
+    previous = {s: signal.signal(s, lambda signum, frame: arrived.append(signum)) for s in deferred}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(arrived):
+            signal.raise_signal(s)
+
+
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """torch.save `state` to `path` atomically and durably.
 
     The bytes go to a temporary file with a unique name in the same folder (two writers never
     share it), are flushed to the disk (fsync), and the file is renamed over `path` (os.replace is
     atomic); then the folder is fsync'd so the rename itself survives a power cut. A reader sees
-    the old checkpoint or the new one, never a mix.
+    the old checkpoint or the new one, never a mix. Ctrl-C, SIGTERM and a DataLoader worker's death
+    that arrive during the write are handled once the file is whole.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename durable too
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    with _signals_deferred():  # a signal that arrives meanwhile is handled once the new file is in place
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename durable too
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     return path
 
 

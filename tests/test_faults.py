@@ -301,6 +301,37 @@ def test_sigterm_to_the_process_group_with_workers_checkpoints_and_exits_143(dat
     assert load_checkpoint(out / "last.pt")["iteration"] > 0
 
 
+def test_a_signal_during_a_checkpoint_write_is_handled_once_the_file_is_whole(tmp_path, monkeypatch):
+    # A group signal kills the DataLoader's workers, and PyTorch's SIGCHLD handler raises wherever
+    # the main process is, often inside torch.save ("unexpected pos ..."). Here: a handler that
+    # raises, as the command line's SIGTERM handler does, with the signal sent in the middle of the save.
+    from fcos_lib import checkpoint as checkpoint_module
+
+    class Stopped(Exception):
+        pass
+
+    def raise_stopped(signum, frame):
+        raise Stopped()
+
+    save = torch.save
+
+    def save_with_a_signal_inside(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_with_a_signal_inside)
+    previous = signal.signal(signal.SIGTERM, raise_stopped)
+    try:
+        with pytest.raises(Stopped):
+            checkpoint_module.save_checkpoint(tmp_path / "last.pt", {"iteration": 7, "w": torch.arange(1000.0)})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert signal.getsignal(signal.SIGTERM) is previous
+    saved = torch.load(tmp_path / "last.pt")
+    assert saved["iteration"] == 7 and torch.equal(saved["w"], torch.arange(1000.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
 @pytest.mark.parametrize("signal_name, status", [("Terminated", 143), ("Interrupt", 130), ("Killed", 2)])
 def test_workers_stopped_by_a_group_signal_before_the_loop_is_a_stop_not_an_error(data, tmp_path, capsys, monkeypatch,
                                                                                   signal_name, status):
