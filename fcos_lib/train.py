@@ -632,7 +632,9 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
             # A SIGTERM sent to the whole process group (`timeout`, a job scheduler) also stops the
             # DataLoader's worker processes, and PyTorch reports that here, maybe before this
             # process's own handler has run: the same request to stop, not a failure.
-            signum = worker_stop_signal(err)
+            # PyTorch may also say only that a worker "exited unexpectedly": a stop too when this
+            # process has been signalled itself.
+            signum = worker_stop_signal(err) or (stop["signum"] if "DataLoader worker" in str(err) else None)
             if signum is None:
                 raise
             stop["signum"] = stop["signum"] or signum
