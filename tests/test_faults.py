@@ -297,7 +297,9 @@ def test_sigterm_to_the_process_group_with_workers_checkpoints_and_exits_143(dat
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, err[-2000:]
-    assert "interrupted by SIGTERM after iteration" in err and "--resume" in err and "error" not in err, err[-2000:]
+    # "after iteration N" from the loop, or the command line's line when the workers' death is raised
+    # after the loop's last save (PyTorch's SIGCHLD handler, held during the write): a stop either way.
+    assert "interrupted by SIGTERM" in err and "--resume" in err and "error" not in err, err[-2000:]
     assert load_checkpoint(out / "last.pt")["iteration"] > 0
 
 
