@@ -272,17 +272,20 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.iteration, self.path = signum, iteration, path
 
 
-def worker_stop_signal(err: BaseException):
+def worker_stop_signal(err: BaseException, signalled: int | None = None):
     """SIGTERM or SIGINT when `err` is PyTorch's report that a DataLoader worker was stopped by that
     signal (a signal to the whole process group: `timeout`, a job scheduler), else None: a worker
-    killed by the kernel for memory (SIGKILL) stays an error."""
+    killed by the kernel for memory (SIGKILL) stays an error.
+
+    PyTorch may also say only that a worker "exited unexpectedly". Pass `signalled`, the signal this
+    process has received itself (if any): such a report is then that same stop."""
     message = str(err)
     if "DataLoader worker" not in message:
         return None
     for signum, name in ((signal.SIGTERM, "Terminated"), (signal.SIGINT, "Interrupt")):
         if f"signal: {name}" in message:
             return signum
-    return None
+    return signalled
 
 
 @contextlib.contextmanager
@@ -632,9 +635,7 @@ def _train_locked(cfg: TrainConfig, device: torch.device, out: Path, resume: boo
             # A SIGTERM sent to the whole process group (`timeout`, a job scheduler) also stops the
             # DataLoader's worker processes, and PyTorch reports that here, maybe before this
             # process's own handler has run: the same request to stop, not a failure.
-            # PyTorch may also say only that a worker "exited unexpectedly": a stop too when this
-            # process has been signalled itself.
-            signum = worker_stop_signal(err) or (stop["signum"] if "DataLoader worker" in str(err) else None)
+            signum = worker_stop_signal(err, signalled=stop["signum"])
             if signum is None:
                 raise
             stop["signum"] = stop["signum"] or signum

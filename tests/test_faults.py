@@ -355,6 +355,20 @@ def test_workers_stopped_by_a_group_signal_before_the_loop_is_a_stop_not_an_erro
         assert err[0].startswith(f"interrupted by {name};") and "--resume" in err[0] and "error" not in err[0]
 
 
+@pytest.mark.parametrize("message, signalled, expected", [
+    ("DataLoader worker (pid 1) is killed by signal: Terminated. ", None, signal.SIGTERM),
+    ("DataLoader worker (pid 1) is killed by signal: Interrupt. ", None, signal.SIGINT),
+    ("DataLoader worker (pid 1) is killed by signal: Killed. ", None, None),  # out of memory: an error
+    ("DataLoader worker (pid(s) 1) exited unexpectedly", None, None),  # nobody signalled us: an error
+    ("DataLoader worker (pid(s) 1) exited unexpectedly", signal.SIGTERM, signal.SIGTERM),  # we were: a stop
+    ("CUDA out of memory", signal.SIGTERM, None),  # not about the workers at all
+])
+def test_worker_stop_signal_tells_a_group_stop_from_a_worker_failure(message, signalled, expected):
+    from fcos_lib.train import worker_stop_signal
+
+    assert worker_stop_signal(RuntimeError(message), signalled=signalled) == expected
+
+
 @pytest.mark.parametrize("call", [1, 3, 5])
 def test_ctrl_c_then_resume_is_bit_exact(data, tmp_path, monkeypatch, call):
     straight = train(tiny_cfg(data, tmp_path / "straight"), progress=False)
