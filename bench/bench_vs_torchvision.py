@@ -12,12 +12,12 @@ fcos_lib / torchvision, and whether the 1.5x goal is met.
 fcos_lib: exactly what `python -m fcos_lib train --data DIR --iters N --batch-size B --image-size S
 --seed K` runs. The config is built by the CLI's own `fcos_lib.cli.config_from_args` (so the two
 cannot drift): improved_recipe (p3-p5, width 64, GroupNorm head, centre sampling 1.5, GIoU, exp
-box deltas, centerness on the regression stem, flips, warm-up min(500, N // 10), then a constant
-rate, clip 10, evaluated with an EMA of the weights, decay 0.999), with the optimiser the run's
-length picks (chapter 09's optimizer_for: AdamW lr 1e-3, weight decay 0.05 not on norms, for 800 to
-10,000 iterations; SGD lr 0.01 with weight decay on every parameter otherwise; results stored
-before 2026-12-06 were SGD's at every length), only with --in-memory and --device cpu added (the
-same batches, decoded once).
+box deltas, centerness on the regression stem, flips, a warm-up, then a constant rate, clip 10,
+evaluated with an EMA of the weights, decay 0.999), with the optimiser the run's length picks
+(chapter 09's optimizer_for: for 800 to 10,000 iterations AdamW lr 2e-3, weight decay 0.05 not on
+norms, warm-up min(250, N // 3); otherwise SGD lr 0.01 with weight decay on every parameter,
+warm-up min(500, N // 10); results stored before 2026-12-06 were SGD's at every length), only with
+--in-memory and --device cpu added (the same batches, decoded once).
 
 torchvision: fcos_lib.experiments' peer, the issue's exact setup (`build_peer`, `train_peer`,
 `score_peer`):

@@ -89,11 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, help="square network input in pixels, a multiple of 32 (default: 224)")
     t.add_argument("--iters", type=int, help=f"iterations (default: {COURSE_DEFAULT_ITERS} on the course dataset, {FULL_DEFAULT_ITERS} with --data)")
     t.add_argument("--batch-size", type=int, help="images per iteration (default: 16)")
-    t.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.01 improved with sgd, 1e-3 with adamw, "
+    t.add_argument("--lr", type=float, help="base learning rate (default: the recipe's, 0.01 improved with sgd, 2e-3 with adamw, "
                                                 "8e-3 baseline)")
     t.add_argument("--optimizer", choices=["auto", "sgd", "adamw"],
-                   help="sgd (with momentum 0.9) or adamw (lr 1e-3, weight decay 0.05 with none on norms, the recipe's "
-                        "constant rate and EMA); auto: adamw from scratch for 800 to 10,000 iterations, where chapter 10 "
+                   help="sgd (with momentum 0.9) or adamw (lr 2e-3, weight decay 0.05 with none on norms, a 250-iteration "
+                        "warm-up, the recipe's constant rate and EMA); auto: adamw from scratch for 800 to 10,000 iterations, where chapter 10 "
                         "measured it ahead, sgd otherwise (the 300-iteration main job, --pretrained, the baseline) "
                         "(default: auto)")
     t.add_argument("--weight-decay", type=float,
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the recipe's: constant improved, cosine improved with --pretrained, step baseline)")
     t.add_argument("--warmup-iters", type=int, metavar="N",
                    help="iterations over which the rate rises linearly from 0.1 %% of --lr to it (default: a tenth "
-                        "of --iters, at most 500; none in the baseline recipe; 0: none)")
+                        "of --iters, at most 500, with sgd; a third, at most 250, with adamw; none in the baseline "
+                        "recipe; 0: none)")
     t.add_argument("--steps", type=float, nargs="+", metavar="FRACTION",
                    help="with --schedule step: the fractions of --iters at which the rate is cut tenfold, e.g. "
                         "--steps 0.9 for one cut in the last 10 %% (default: 0.6 0.9)")
@@ -220,7 +221,7 @@ def config_from_args(args) -> TrainConfig:
     """
     from fcos_lib.checkpoint import load_checkpoint
     from fcos_lib.config import (
-        ADAMW_DEFAULTS, ADAMW_SCHEDULE, FINE_TUNING, TrainConfig, baseline_recipe, improved_recipe, optimizer_for,
+        FINE_TUNING, TrainConfig, adamw_changes, baseline_recipe, improved_recipe, optimizer_for,
     )
 
     given = {field: getattr(args, dest) for dest, field in _TRAIN_FLAGS.items() if getattr(args, dest) is not None}
@@ -245,7 +246,7 @@ def config_from_args(args) -> TrainConfig:
     in_memory = given.get("in_memory", course)
     pretrained = bool(given.get("pretrained_backbone"))
     if "optimizer" in given:
-        optimizer = {**ADAMW_DEFAULTS, **ADAMW_SCHEDULE} if given["optimizer"] == "adamw" else {}
+        optimizer = adamw_changes(iters) if given["optimizer"] == "adamw" else {}
     elif args.recipe in (None, "improved"):
         optimizer = optimizer_for(iters, pretrained)  # by the run's length (chapter 10)
     else:
@@ -307,7 +308,7 @@ def _train_in_world(args, cfg: TrainConfig, world) -> int:
         processes = f" on {world.size} processes" if world.size > 1 else ""
         optimizer = {"sgd": "SGD", "adamw": "AdamW"}[cfg.optimizer]
         print(f"{verb} on {cfg.data or 'the course dataset'} for {cfg.iters} iterations{processes} "
-              f"({optimizer}, lr {cfg.lr:g}) -> {cfg.out}/last.pt")
+              f"({optimizer}, lr {cfg.lr:g}, warm-up {cfg.warmup_iters}) -> {cfg.out}/last.pt")
     state = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=progress, sync_bn=args.sync_bn)
     metrics = write_run_report(cfg, state, progress=progress)
     if metrics is not None:  # process 0

@@ -9,16 +9,17 @@ from the course dataset in classes, backgrounds, object sizes and clutter.
   coloured "cloud" backgrounds, large and heavily overlapping objects, unlabelled crosshatch
   distractors.
 
-Two more come later in the chapter: "letters" (capitals among other glyphs) to confirm a change
-of the default, and "cells" (five cell shapes under a microscope) to measure the final default
-once on data nothing was tuned on.
+Three more come later in the chapter: "letters" (capitals among other glyphs) to confirm a change
+of the default, "cells" (five cell shapes under a microscope) to measure the final default once
+on data nothing was tuned on, and "aerial" (cars, houses, trees, pools and tanks seen from
+above) to check the one decision that `cells` then helped make.
 
 None is ever used to train the course's main job or to choose its recipe's defaults before
 chapter 10; both are used only to measure.
 """
 from __future__ import annotations
 
-__all__ = ['HELD_OUT_CLASSES', 'CONFIRMATION_CLASSES', 'FRESH_CLASSES', 'DATASET_CLASSES', 'make_held_out_dataset']
+__all__ = ['HELD_OUT_CLASSES', 'CONFIRMATION_CLASSES', 'FRESH_CLASSES', 'FINAL_CLASSES', 'DATASET_CLASSES', 'make_held_out_dataset']
 
 import json
 import math
@@ -44,7 +45,12 @@ CONFIRMATION_CLASSES = {
 FRESH_CLASSES = {
     "cells": ("round", "rod", "nucleus", "budding", "spiky"),
 }
-DATASET_CLASSES = {**HELD_OUT_CLASSES, **CONFIRMATION_CLASSES, **FRESH_CLASSES}
+# A fifth, made when `cells` had been used to decide a change of AdamW's rate and warm-up: it
+# measures that decision once more, on ground nothing here was ever tuned or decided on.
+FINAL_CLASSES = {
+    "aerial": ("car", "house", "tree", "pool", "tank"),
+}
+DATASET_CLASSES = {**HELD_OUT_CLASSES, **CONFIRMATION_CLASSES, **FRESH_CLASSES, **FINAL_CLASSES}
 _LETTER_DISTRACTORS = "ACHLOTZ"
 
 
@@ -220,6 +226,8 @@ def _held_out_image(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, li
         return _letters_image(rng, H, W, to_image)
     if kind == "cells":
         return _cells_image(rng, H, W, to_image)
+    if kind == "aerial":
+        return _aerial_image(rng, H, W, to_image)
     if kind == "signs":
         canvas = _signs_background(rng, H, W)
         num_objects = 0 if rng.random() < 0.1 else int(rng.integers(1, 9))
@@ -404,8 +412,127 @@ def _cells_image(rng: np.random.Generator, H: int, W: int, to_image: float) -> t
     return np.asarray(image), objects
 
 
+def _aerial_ground(rng: np.random.Generator, H: int, W: int, to_image: float) -> np.ndarray:
+    """Terrain seen from above: grass, soil or sand in field patches, with 0 to 3 roads: (H, W, 3) float."""
+    hue = rng.choice([rng.uniform(75, 135), rng.uniform(25, 50)])  # green land or dry land
+    image = np.zeros((H, W, 3), np.float32)
+    fields = np.asarray(Image.fromarray(rng.normal(0.0, 1.0, (5, 5)).astype(np.float32)).resize((W, H), Image.NEAREST))
+    for tone in (-np.inf, *np.sort(rng.uniform(-1.0, 1.0, 2))):  # three kinds of field
+        image[fields >= tone] = _hsv(rng, hue + rng.uniform(-15, 15), (0.2, 0.6), (0.3, 0.7))
+    for c in range(3):
+        coarse = rng.normal(0.0, 1.0, (12, 12)).astype(np.float32)
+        image[..., c] += 10.0 * np.asarray(Image.fromarray(coarse).resize((W, H), Image.BICUBIC))
+    ground = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(ground)
+    for _ in range(int(rng.integers(0, 4))):  # roads: asphalt with a dashed centre line
+        width = int(rng.uniform(6, 14) * to_image)
+        (x1, y1), (x2, y2) = rng.uniform(0, 1, (2, 2)) * (W, H)
+        grey = int(rng.uniform(60, 130))
+        draw.line([(x1, y1), (x2, y2)], fill=(grey, grey, grey), width=width)
+        for t in np.arange(0, 1, 0.06):
+            draw.line([(x1 + (x2 - x1) * t, y1 + (y2 - y1) * t), (x1 + (x2 - x1) * (t + 0.03), y1 + (y2 - y1) * (t + 0.03))],
+                      fill=(220, 220, 200), width=max(1, width // 8))
+    return np.asarray(ground).astype(np.float32) + 5.0 * rng.standard_normal((H, W, 3)).astype(np.float32)
+
+
+def _aerial_sprite(rng: np.random.Generator, kind: str, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """One "aerial" object (a class, or "bush" / "rock" / "shed"), about `side` px long, at a random
+    angle, cropped to its extent: its mask (h, w) bool and its colours (h, w, 3) float."""
+    s = max(6, int(round(side)))
+    c = s + 4
+    sheet = Image.new("RGBA", (2 * c, 2 * c), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    rgb = lambda colour: (*(int(v) for v in np.clip(colour, 0, 255)), 255)
+    green = lambda lo, hi: rgb(_hsv(rng, rng.uniform(80, 140), (0.4, 0.9), (lo, hi)))
+
+    if kind == "car":  # a body with a dark windscreen and rear window
+        a, b = s / 2, s * rng.uniform(0.2, 0.26)
+        body = _hsv(rng, rng.uniform(0, 360), (0.0, 0.9), (0.3, 1.0))
+        draw.rounded_rectangle([c - a, c - b, c + a, c + b], radius=max(1, b / 2), fill=rgb(body))
+        glass = rgb(0.25 * body)
+        draw.rectangle([c + 0.2 * a, c - 0.8 * b, c + 0.45 * a, c + 0.8 * b], fill=glass)
+        draw.rectangle([c - 0.7 * a, c - 0.7 * b, c - 0.55 * a, c + 0.7 * b], fill=glass)
+    elif kind in ("house", "shed"):  # a pitched roof (two shades) or a flat one
+        a, b = s / 2, s / 2 / rng.uniform(1.0, 1.8)
+        roof = _hsv(rng, rng.choice([rng.uniform(0, 30), rng.uniform(180, 240)]), (0.0, 0.7), (0.3, 0.8))
+        draw.rectangle([c - a, c - b, c + a, c + b], fill=rgb(roof))
+        if kind == "house":
+            draw.rectangle([c - a, c, c + a, c + b], fill=rgb(roof * rng.uniform(0.55, 0.75)))
+            draw.line([(c - a, c), (c + a, c)], fill=rgb(roof * 1.2), width=max(1, s // 20))
+    elif kind in ("tree", "bush"):  # a ragged round canopy, darker at the rim
+        n = int(rng.integers(9, 15))
+        radius = lambda: rng.uniform(0.75, 1.0) * s / 2
+        draw.polygon([(c + radius() * math.cos(2 * math.pi * k / n), c + radius() * math.sin(2 * math.pi * k / n))
+                      for k in range(n)], fill=green(0.15, 0.35) if kind == "tree" else green(0.35, 0.6))
+        if kind == "tree":
+            r = 0.45 * s / 2
+            draw.ellipse([c - r, c - r - r / 2, c + r, c + r - r / 2], fill=green(0.35, 0.55))
+    elif kind == "pool":  # blue water inside a pale rim
+        a, b = s / 2, s / 2 / rng.uniform(1.2, 2.0)
+        t = max(1.0, 0.12 * b)
+        draw.rounded_rectangle([c - a, c - b, c + a, c + b], radius=b * rng.uniform(0.1, 0.9), fill=rgb((225, 225, 215)))
+        draw.rounded_rectangle([c - a + t, c - b + t, c + a - t, c + b - t], radius=max(0, b * 0.5 - t),
+                               fill=rgb(_hsv(rng, rng.uniform(180, 205), (0.5, 0.9), (0.7, 1.0))))
+    elif kind == "tank":  # a round storage tank: pale lid, a ring, a dark rim
+        r = s / 2
+        lid = _hsv(rng, 0, (0.0, 0.05), (0.7, 0.95))
+        draw.ellipse([c - r, c - r, c + r, c + r], fill=rgb(0.45 * lid))
+        draw.ellipse([c - 0.88 * r, c - 0.88 * r, c + 0.88 * r, c + 0.88 * r], fill=rgb(lid))
+        draw.ellipse([c - 0.5 * r, c - 0.5 * r, c + 0.5 * r, c + 0.5 * r], outline=rgb(0.7 * lid), width=max(1, s // 14))
+    elif kind == "rock":  # a grey irregular stone
+        n = int(rng.integers(5, 8))
+        grey = rng.uniform(90, 200)
+        draw.polygon([(c + rng.uniform(0.4, 1.0) * s / 2 * math.cos(2 * math.pi * k / n),
+                       c + rng.uniform(0.4, 1.0) * s / 2 * math.sin(2 * math.pi * k / n)) for k in range(n)],
+                     fill=rgb((grey, grey, grey * 0.95)))
+    else:
+        raise ValueError(f"unknown aerial object {kind!r}")
+    values = np.asarray(sheet.rotate(rng.uniform(0, 360), resample=Image.NEAREST, expand=True))
+    ys, xs = np.nonzero(values[..., 3])
+    values = values[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    return values[..., 3] > 0, values[..., :3].astype(np.float32)
+
+
+_AERIAL_SIZES = {"car": (9, 24), "house": (18, 60), "tree": (10, 42), "pool": (12, 40), "tank": (14, 50),
+                 "bush": (5, 14), "rock": (4, 12), "shed": (8, 18)}
+
+
+def _aerial_image(rng: np.random.Generator, H: int, W: int, to_image: float) -> tuple[np.ndarray, list[dict]]:
+    """One "aerial" image: 0 to 20 cars, houses, trees, pools and tanks seen from above, each with a
+    shadow cast the same way, among unlabelled bushes, rocks and sheds on fields and roads."""
+    canvas = _aerial_ground(rng, H, W, to_image)
+    owner = np.full((H, W), -1, dtype=np.int16)
+    classes = FINAL_CLASSES["aerial"]
+    num_objects = 0 if rng.random() < 0.06 else int(rng.integers(1, 21))
+    distractors = [("bush", "rock", "shed")[rng.integers(3)] for _ in range(int(rng.integers(0, 12)))]
+    items = distractors + [classes[rng.integers(len(classes))] for _ in range(num_objects)]
+    rng.shuffle(items)
+    sun = rng.uniform(0, 2 * math.pi)
+    objects = []
+    for name in items:
+        side = math.exp(rng.uniform(*np.log(_AERIAL_SIZES[name]))) * to_image
+        mask, patch = _aerial_sprite(rng, name, side)
+        h, w = mask.shape
+        if h > H - 2 or w > W - 2:
+            continue
+        x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+        # The shadow: the same outline, darker ground, shifted away from the sun; not part of the box.
+        dx, dy = (int(round(0.25 * side * math.cos(sun))), int(round(0.25 * side * math.sin(sun))))
+        sx, sy = min(max(x + dx, 0), W - w), min(max(y + dy, 0), H - h)
+        canvas[sy:sy + h, sx:sx + w][mask] *= 0.55
+        patch = patch * rng.uniform(0.85, 1.1) + rng.normal(0.0, 4.0, (h, w, 3))
+        _paste(canvas, owner, x, y, mask, patch, -2 if name not in classes else len(objects))
+        if name in classes:
+            objects.append({"name": name, "box": (x, y, x + w, y + h), "area": int(mask.sum())})
+    _mark_difficult(objects, owner, to_image)
+    image = Image.fromarray(np.clip(np.round(canvas), 0, 255).astype(np.uint8))
+    if rng.random() < 0.3:  # haze or a soft lens
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0) * to_image))
+    return np.asarray(image), objects
+
+
 def make_held_out_dataset(kind: str, root=None, num_train: int = 600, num_val: int = 150, seed: int = 2026) -> Path:
-    """Write the held-out dataset `kind` ("signs", "tiles", "letters" or "cells") in VOC layout (splits train/val), or reuse it.
+    """Write the held-out dataset `kind` ("signs", "tiles", "letters", "cells" or "aerial") in VOC layout (splits train/val), or reuse it.
 
     Default folder: default_data_dir() / f"held_out_{kind}". Returns the folder.
     """

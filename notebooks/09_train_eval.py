@@ -250,13 +250,18 @@ def config_differences(saved: dict, cfg: TrainConfig) -> dict:
 
 
 # AdamW's learning rate and decoupled weight decay for detectors trained from scratch: what
-# `--optimizer adamw` uses unless told otherwise (chapter 10 measures it).
-ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.05}
+# `--optimizer adamw` uses unless told otherwise. Chapter 10 measured the rate: twice the usual
+# 1e-3, with a longer warm-up (below), beat 1e-3 on the held-out datasets.
+ADAMW_DEFAULTS = {"lr": 2e-3, "weight_decay": 0.05}
 # ... and the training around it: the recipe's constant rate and EMA of the weights, with no
 # decay on norms and biases. Chapter 10 measured AdamW first with version 0.1's cosine decay and
 # last weights, then on this schedule ("adopted, AdamW"), which beat it on all four held-out
 # datasets.
 ADAMW_SCHEDULE = {"schedule": "constant", "decay_norms": False, "ema_decay": 0.999}
+# AdamW's warm-up: 250 iterations, a third of chapter 10's 828-iteration runs, and never more than
+# a third of a run. At 2e-3 the recipe's tenth of the run (82 iterations) cost a third of the
+# mAP on one held-out dataset; 250 won it back. Longer runs keep 250 (not measured past 828).
+ADAMW_WARMUP_ITERS = 250
 
 # From scratch, the run's length picks the optimiser (chapter 10, "The run's length picks the
 # optimiser"). At 828 iterations AdamW beat SGD on all four held-out datasets and on the course
@@ -267,15 +272,22 @@ ADAMW_SCHEDULE = {"schedule": "constant", "decay_norms": False, "ema_decay": 0.9
 ADAMW_ITERS = (800, 10_000)
 
 
+def adamw_changes(iters: int) -> dict:
+    """The changes to the improved recipe that train a run of `iters` iterations with AdamW:
+    ADAMW_DEFAULTS on ADAMW_SCHEDULE, warmed up over ADAMW_WARMUP_ITERS (at most a third of the
+    run). What `python -m fcos_lib train --optimizer adamw` uses."""
+    return {"optimizer": "adamw", **ADAMW_DEFAULTS, **ADAMW_SCHEDULE,
+            "warmup_iters": min(ADAMW_WARMUP_ITERS, iters // 3)}
+
+
 def optimizer_for(iters: int, pretrained: bool = False) -> dict:
     """The changes to the improved recipe that pick its optimiser for a run of `iters` iterations:
-    AdamW (ADAMW_DEFAULTS on ADAMW_SCHEDULE) from scratch when ADAMW_ITERS[0] <= iters <=
-    ADAMW_ITERS[1], else none (the recipe's SGD). What `python -m fcos_lib train` does unless
-    given `--optimizer`."""
+    AdamW (adamw_changes) from scratch when ADAMW_ITERS[0] <= iters <= ADAMW_ITERS[1], else none
+    (the recipe's SGD). What `python -m fcos_lib train` does unless given `--optimizer`."""
     low, high = ADAMW_ITERS
     if pretrained or not low <= iters <= high:
         return {}
-    return {"optimizer": "adamw", **ADAMW_DEFAULTS, **ADAMW_SCHEDULE}
+    return adamw_changes(iters)
 
 
 def baseline_recipe(**changes) -> TrainConfig:

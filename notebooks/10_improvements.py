@@ -111,6 +111,14 @@ _ = torch.manual_seed(0)
 # - **cells**: five cell shapes (round, rod, nucleus, budding, spiky) at random angles under a
 #   bright-field or a fluorescence "microscope", with uneven light, now and then out of focus,
 #   among unlabelled debris and fibres; 0 to 14 objects, from 10 to 90 px.
+#
+# `cells` then helped decide one more change (AdamW's rate and warm-up, near the end), so a fifth
+# dataset, made for that decision and used for nothing else, measures it once more:
+#
+# - **aerial**: five things seen from above (car, house, tree, pool, tank) at random angles, each
+#   with a shadow cast away from the sun, on fields of grass, soil or sand crossed by roads, among
+#   unlabelled bushes, rocks and sheds; 0 to 20 objects, each class in its own size range (cars
+#   9 to 24 px, houses 18 to 60 px).
 
 # %%
 #| export heldout
@@ -124,9 +132,10 @@ from the course dataset in classes, backgrounds, object sizes and clutter.
   coloured "cloud" backgrounds, large and heavily overlapping objects, unlabelled crosshatch
   distractors.
 
-Two more come later in the chapter: "letters" (capitals among other glyphs) to confirm a change
-of the default, and "cells" (five cell shapes under a microscope) to measure the final default
-once on data nothing was tuned on.
+Three more come later in the chapter: "letters" (capitals among other glyphs) to confirm a change
+of the default, "cells" (five cell shapes under a microscope) to measure the final default once
+on data nothing was tuned on, and "aerial" (cars, houses, trees, pools and tanks seen from
+above) to check the one decision that `cells` then helped make.
 
 None is ever used to train the course's main job or to choose its recipe's defaults before
 chapter 10; both are used only to measure.
@@ -157,7 +166,12 @@ CONFIRMATION_CLASSES = {
 FRESH_CLASSES = {
     "cells": ("round", "rod", "nucleus", "budding", "spiky"),
 }
-DATASET_CLASSES = {**HELD_OUT_CLASSES, **CONFIRMATION_CLASSES, **FRESH_CLASSES}
+# A fifth, made when `cells` had been used to decide a change of AdamW's rate and warm-up: it
+# measures that decision once more, on ground nothing here was ever tuned or decided on.
+FINAL_CLASSES = {
+    "aerial": ("car", "house", "tree", "pool", "tank"),
+}
+DATASET_CLASSES = {**HELD_OUT_CLASSES, **CONFIRMATION_CLASSES, **FRESH_CLASSES, **FINAL_CLASSES}
 _LETTER_DISTRACTORS = "ACHLOTZ"
 
 
@@ -335,6 +349,8 @@ def _held_out_image(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, li
         return _letters_image(rng, H, W, to_image)
     if kind == "cells":
         return _cells_image(rng, H, W, to_image)
+    if kind == "aerial":
+        return _aerial_image(rng, H, W, to_image)
     if kind == "signs":
         canvas = _signs_background(rng, H, W)
         num_objects = 0 if rng.random() < 0.1 else int(rng.integers(1, 9))
@@ -520,8 +536,128 @@ def _cells_image(rng: np.random.Generator, H: int, W: int, to_image: float) -> t
 
 # %%
 #| export heldout
+def _aerial_ground(rng: np.random.Generator, H: int, W: int, to_image: float) -> np.ndarray:
+    """Terrain seen from above: grass, soil or sand in field patches, with 0 to 3 roads: (H, W, 3) float."""
+    hue = rng.choice([rng.uniform(75, 135), rng.uniform(25, 50)])  # green land or dry land
+    image = np.zeros((H, W, 3), np.float32)
+    fields = np.asarray(Image.fromarray(rng.normal(0.0, 1.0, (5, 5)).astype(np.float32)).resize((W, H), Image.NEAREST))
+    for tone in (-np.inf, *np.sort(rng.uniform(-1.0, 1.0, 2))):  # three kinds of field
+        image[fields >= tone] = _hsv(rng, hue + rng.uniform(-15, 15), (0.2, 0.6), (0.3, 0.7))
+    for c in range(3):
+        coarse = rng.normal(0.0, 1.0, (12, 12)).astype(np.float32)
+        image[..., c] += 10.0 * np.asarray(Image.fromarray(coarse).resize((W, H), Image.BICUBIC))
+    ground = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(ground)
+    for _ in range(int(rng.integers(0, 4))):  # roads: asphalt with a dashed centre line
+        width = int(rng.uniform(6, 14) * to_image)
+        (x1, y1), (x2, y2) = rng.uniform(0, 1, (2, 2)) * (W, H)
+        grey = int(rng.uniform(60, 130))
+        draw.line([(x1, y1), (x2, y2)], fill=(grey, grey, grey), width=width)
+        for t in np.arange(0, 1, 0.06):
+            draw.line([(x1 + (x2 - x1) * t, y1 + (y2 - y1) * t), (x1 + (x2 - x1) * (t + 0.03), y1 + (y2 - y1) * (t + 0.03))],
+                      fill=(220, 220, 200), width=max(1, width // 8))
+    return np.asarray(ground).astype(np.float32) + 5.0 * rng.standard_normal((H, W, 3)).astype(np.float32)
+
+
+def _aerial_sprite(rng: np.random.Generator, kind: str, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """One "aerial" object (a class, or "bush" / "rock" / "shed"), about `side` px long, at a random
+    angle, cropped to its extent: its mask (h, w) bool and its colours (h, w, 3) float."""
+    s = max(6, int(round(side)))
+    c = s + 4
+    sheet = Image.new("RGBA", (2 * c, 2 * c), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    rgb = lambda colour: (*(int(v) for v in np.clip(colour, 0, 255)), 255)
+    green = lambda lo, hi: rgb(_hsv(rng, rng.uniform(80, 140), (0.4, 0.9), (lo, hi)))
+
+    if kind == "car":  # a body with a dark windscreen and rear window
+        a, b = s / 2, s * rng.uniform(0.2, 0.26)
+        body = _hsv(rng, rng.uniform(0, 360), (0.0, 0.9), (0.3, 1.0))
+        draw.rounded_rectangle([c - a, c - b, c + a, c + b], radius=max(1, b / 2), fill=rgb(body))
+        glass = rgb(0.25 * body)
+        draw.rectangle([c + 0.2 * a, c - 0.8 * b, c + 0.45 * a, c + 0.8 * b], fill=glass)
+        draw.rectangle([c - 0.7 * a, c - 0.7 * b, c - 0.55 * a, c + 0.7 * b], fill=glass)
+    elif kind in ("house", "shed"):  # a pitched roof (two shades) or a flat one
+        a, b = s / 2, s / 2 / rng.uniform(1.0, 1.8)
+        roof = _hsv(rng, rng.choice([rng.uniform(0, 30), rng.uniform(180, 240)]), (0.0, 0.7), (0.3, 0.8))
+        draw.rectangle([c - a, c - b, c + a, c + b], fill=rgb(roof))
+        if kind == "house":
+            draw.rectangle([c - a, c, c + a, c + b], fill=rgb(roof * rng.uniform(0.55, 0.75)))
+            draw.line([(c - a, c), (c + a, c)], fill=rgb(roof * 1.2), width=max(1, s // 20))
+    elif kind in ("tree", "bush"):  # a ragged round canopy, darker at the rim
+        n = int(rng.integers(9, 15))
+        radius = lambda: rng.uniform(0.75, 1.0) * s / 2
+        draw.polygon([(c + radius() * math.cos(2 * math.pi * k / n), c + radius() * math.sin(2 * math.pi * k / n))
+                      for k in range(n)], fill=green(0.15, 0.35) if kind == "tree" else green(0.35, 0.6))
+        if kind == "tree":
+            r = 0.45 * s / 2
+            draw.ellipse([c - r, c - r - r / 2, c + r, c + r - r / 2], fill=green(0.35, 0.55))
+    elif kind == "pool":  # blue water inside a pale rim
+        a, b = s / 2, s / 2 / rng.uniform(1.2, 2.0)
+        t = max(1.0, 0.12 * b)
+        draw.rounded_rectangle([c - a, c - b, c + a, c + b], radius=b * rng.uniform(0.1, 0.9), fill=rgb((225, 225, 215)))
+        draw.rounded_rectangle([c - a + t, c - b + t, c + a - t, c + b - t], radius=max(0, b * 0.5 - t),
+                               fill=rgb(_hsv(rng, rng.uniform(180, 205), (0.5, 0.9), (0.7, 1.0))))
+    elif kind == "tank":  # a round storage tank: pale lid, a ring, a dark rim
+        r = s / 2
+        lid = _hsv(rng, 0, (0.0, 0.05), (0.7, 0.95))
+        draw.ellipse([c - r, c - r, c + r, c + r], fill=rgb(0.45 * lid))
+        draw.ellipse([c - 0.88 * r, c - 0.88 * r, c + 0.88 * r, c + 0.88 * r], fill=rgb(lid))
+        draw.ellipse([c - 0.5 * r, c - 0.5 * r, c + 0.5 * r, c + 0.5 * r], outline=rgb(0.7 * lid), width=max(1, s // 14))
+    elif kind == "rock":  # a grey irregular stone
+        n = int(rng.integers(5, 8))
+        grey = rng.uniform(90, 200)
+        draw.polygon([(c + rng.uniform(0.4, 1.0) * s / 2 * math.cos(2 * math.pi * k / n),
+                       c + rng.uniform(0.4, 1.0) * s / 2 * math.sin(2 * math.pi * k / n)) for k in range(n)],
+                     fill=rgb((grey, grey, grey * 0.95)))
+    else:
+        raise ValueError(f"unknown aerial object {kind!r}")
+    values = np.asarray(sheet.rotate(rng.uniform(0, 360), resample=Image.NEAREST, expand=True))
+    ys, xs = np.nonzero(values[..., 3])
+    values = values[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    return values[..., 3] > 0, values[..., :3].astype(np.float32)
+
+
+_AERIAL_SIZES = {"car": (9, 24), "house": (18, 60), "tree": (10, 42), "pool": (12, 40), "tank": (14, 50),
+                 "bush": (5, 14), "rock": (4, 12), "shed": (8, 18)}
+
+
+def _aerial_image(rng: np.random.Generator, H: int, W: int, to_image: float) -> tuple[np.ndarray, list[dict]]:
+    """One "aerial" image: 0 to 20 cars, houses, trees, pools and tanks seen from above, each with a
+    shadow cast the same way, among unlabelled bushes, rocks and sheds on fields and roads."""
+    canvas = _aerial_ground(rng, H, W, to_image)
+    owner = np.full((H, W), -1, dtype=np.int16)
+    classes = FINAL_CLASSES["aerial"]
+    num_objects = 0 if rng.random() < 0.06 else int(rng.integers(1, 21))
+    distractors = [("bush", "rock", "shed")[rng.integers(3)] for _ in range(int(rng.integers(0, 12)))]
+    items = distractors + [classes[rng.integers(len(classes))] for _ in range(num_objects)]
+    rng.shuffle(items)
+    sun = rng.uniform(0, 2 * math.pi)
+    objects = []
+    for name in items:
+        side = math.exp(rng.uniform(*np.log(_AERIAL_SIZES[name]))) * to_image
+        mask, patch = _aerial_sprite(rng, name, side)
+        h, w = mask.shape
+        if h > H - 2 or w > W - 2:
+            continue
+        x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+        # The shadow: the same outline, darker ground, shifted away from the sun; not part of the box.
+        dx, dy = (int(round(0.25 * side * math.cos(sun))), int(round(0.25 * side * math.sin(sun))))
+        sx, sy = min(max(x + dx, 0), W - w), min(max(y + dy, 0), H - h)
+        canvas[sy:sy + h, sx:sx + w][mask] *= 0.55
+        patch = patch * rng.uniform(0.85, 1.1) + rng.normal(0.0, 4.0, (h, w, 3))
+        _paste(canvas, owner, x, y, mask, patch, -2 if name not in classes else len(objects))
+        if name in classes:
+            objects.append({"name": name, "box": (x, y, x + w, y + h), "area": int(mask.sum())})
+    _mark_difficult(objects, owner, to_image)
+    image = Image.fromarray(np.clip(np.round(canvas), 0, 255).astype(np.uint8))
+    if rng.random() < 0.3:  # haze or a soft lens
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.0) * to_image))
+    return np.asarray(image), objects
+
+# %%
+#| export heldout
 def make_held_out_dataset(kind: str, root=None, num_train: int = 600, num_val: int = 150, seed: int = 2026) -> Path:
-    """Write the held-out dataset `kind` ("signs", "tiles", "letters" or "cells") in VOC layout (splits train/val), or reuse it.
+    """Write the held-out dataset `kind` ("signs", "tiles", "letters", "cells" or "aerial") in VOC layout (splits train/val), or reuse it.
 
     Default folder: default_data_dir() / f"held_out_{kind}". Returns the folder.
     """
@@ -906,7 +1042,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from fcos_lib.backbone import RETURN_NODES, make_regnet_x_400mf, stage_out_channels
 from fcos_lib.checkpoint import model_from_checkpoint
-from fcos_lib.config import ADAMW_DEFAULTS, TrainConfig, baseline_recipe, improved_recipe
+from fcos_lib.config import TrainConfig, baseline_recipe, improved_recipe
 from fcos_lib.data import VOCDataset, collate_detection
 from fcos_lib.evaluate import detection_metrics, evaluate
 from fcos_lib.transforms import boxes_to_original
@@ -946,6 +1082,10 @@ DESIGN_CHANGES = OrderedDict([
 # written out so that the stored rows keep their meaning when chapter 09's recipe changes.
 ROWS_DEFAULT = {"optimizer": "sgd", "lr": 0.02, "weight_decay": 1e-4, "schedule": "cosine", "decay_norms": False,
                 "hflip": True, "ema_decay": None}
+# AdamW's usual values for detectors trained from scratch, which the AdamW rows were measured with
+# (chapter 09's ADAMW_DEFAULTS later took twice the rate, from the rows below), written out for the
+# same reason.
+ADAMW_USUAL = {"lr": 1e-3, "weight_decay": 0.05}
 
 
 def _rows() -> "OrderedDict[str, dict]":
@@ -999,7 +1139,7 @@ def _rows() -> "OrderedDict[str, dict]":
     # schedule but not on `signs`.
     rows["adopted, lr 0.02"] = {"base": "default", "changes": {**adopted, "lr": 0.02},
                                 "what": "the adopted recipe at twice the learning rate"}
-    adopted_adamw = {**adopted, "optimizer": "adamw", **ADAMW_DEFAULTS, "decay_norms": False}
+    adopted_adamw = {**adopted, "optimizer": "adamw", **ADAMW_USUAL, "decay_norms": False}
     rows["adopted, AdamW"] = {"base": "default", "what": "the adopted recipe with AdamW lr 1e-3, weight decay 0.05 "
                               "(decoupled, not on norms)", "changes": adopted_adamw}
     rows["adopted, AdamW, no flips"] = {"base": "default", "what": "the adopted recipe with AdamW, without flips",
@@ -1031,7 +1171,7 @@ def _rows() -> "OrderedDict[str, dict]":
     # picks it by itself for runs under 10,000 iterations). The learning rate and decay are AdamW's
     # usual ones for detectors trained from scratch, not tuned here.
     rows["default, AdamW"] = {"base": "default", "what": "AdamW lr 1e-3, weight decay 0.05 (decoupled)",
-                              "changes": {"optimizer": "adamw", **ADAMW_DEFAULTS}}
+                              "changes": {"optimizer": "adamw", **ADAMW_USUAL}}
     # Speed, not the recipe (issue 14): the same training with bfloat16 autocast on the CPU.
     rows["default, bf16 on the CPU"] = {"base": "default", "changes": {"cpu_bf16": True},
                                         "what": "the default in bfloat16 autocast (cpu_bf16)"}
@@ -1860,7 +2000,7 @@ for iters in (300, 550, 828):
 #   were not run at these lengths.
 # - **The issue's command** (`python -m fcos_lib train --data DIR --iters 828 --batch-size 16
 #   --image-size 224`) now trains with AdamW. At NMS 0.5, against the peer at its own 0.6, it
-#   stands at **1.40x** on `signs` (0.389), **2.94x** on `tiles` (0.166), **1.15x** on `letters`
+#   stood (at lr 1e-3, before the change two sections below) at **1.40x** on `signs` (0.389), **2.94x** on `tiles` (0.166), **1.15x** on `letters`
 #   (0.100) and **1.41x** on `cells` (0.452). The goal of 1.5x on every dataset is met on `tiles`
 #   only. On `letters` the flips are what holds it back: without them SGD reaches 1.43x-1.58x,
 #   and no setting measured wins there and on the others at once.
@@ -1877,7 +2017,7 @@ for iters in (300, 550, 828):
 
 # %%
 seed_table(("adopted, AdamW lr 5e-4", "adopted, AdamW", "adopted, AdamW lr 2e-3", "adopted, AdamW lr 2e-3, warm-up 250",
-            "torchvision FCOS"), ("letters", "signs", "tiles"), seeds=(0, 1))
+            "torchvision FCOS"), ("letters", "signs", "tiles", "cells"), seeds=(0, 1))
 
 # %% [markdown]
 # What the rate says (828 iterations, batch 16, 224 px, NMS 0.6 as every row):
@@ -1898,12 +2038,62 @@ seed_table(("adopted, AdamW lr 5e-4", "adopted, AdamW", "adopted, AdamW lr 2e-3"
 #   because AdamW's first updates are about as large as the rate whatever the gradient's size; not
 #   measured apart). On `signs` the second seed agrees: 0.425 against 0.385, so over seeds 0 and 1
 #   0.407 (0.388-0.425) against 0.379, 1.47x the peer at NMS 0.6.
-# - **Not adopted yet.** A change is adopted when it wins on every held-out dataset as a mean over
-#   two seeds; this one has two on `signs`, one on `tiles` and `letters`, none on `cells` (kept for the final
-#   check, since `cells` has not been tuned on), and the same warm-up at 1e-3 ("adopted, AdamW,
-#   warm-up 250", defined, not run) would tell which of the two changes does the work. Until then
-#   1e-3 with a tenth of the run for warm-up stays the default; `--lr 2e-3 --warmup-iters 250` is the
-#   candidate to try on your own data, judged on its val split.
+# - **The second seeds, and `cells`** (`bench/ablations.py --budget full --datasets letters tiles
+#   --rows "adopted, AdamW lr 2e-3, warm-up 250" --seeds 1`, then `--datasets cells --seeds 0 1`).
+#   `letters` agrees: 0.108 against 0.097, so 0.109 over both seeds, 1.25x the peer. `tiles` and
+#   `cells` split, one seed each way: on seed 1 `tiles` 0.127 against 0.137 and `cells` 0.393
+#   against 0.419. The means are ahead on all four datasets, clearly on `signs` and `letters`, by a
+#   hair on `tiles` (0.169 against 0.161) and `cells` (0.445 against 0.444). mAP@[.5:.95] is ahead
+#   on all four: 0.236 against 0.207, 0.075 against 0.069, 0.045 against 0.038, 0.290 against 0.283.
+# - **A level result is not a confirmation.** `cells` was kept untuned for the final check, and it
+#   came out level. So the rule was set before any further run: make a fifth dataset for this one
+#   decision; adopt the candidate if its mean there is not below the default's, keep 1e-3
+#   otherwise. The next section is that check.
+
+# %% [markdown]
+# ## A fifth dataset, for one decision
+#
+# `aerial` (previewed at the top) was written after the four results above. It was run once with
+# the three rows the decision needs: the default then (AdamW lr 1e-3, warm-up 82), the candidate
+# (lr 2e-3, warm-up 250) and the peer (`bench/ablations.py --budget full --datasets aerial --rows
+# "torchvision FCOS" "adopted, AdamW" "adopted, AdamW lr 2e-3, warm-up 250" --seeds 0 1`, then
+# `bench/nms_sweep.py --rows "adopted, AdamW" "adopted, AdamW lr 2e-3, warm-up 250" --datasets
+# aerial`).
+
+# %%
+seed_table(("adopted, AdamW", "adopted, AdamW lr 2e-3, warm-up 250", "torchvision FCOS"), ("aerial",), seeds=(0, 1))
+print("\nat NMS 0.5 (the default; the peer keeps its own 0.6), re-scored by bench/nms_sweep.py:")
+nms_table(datasets=("aerial",))
+print()
+main_job_table(("adopted, AdamW", "adopted, AdamW lr 2e-3, warm-up 250"), iters=828)
+
+# %% [markdown]
+# What the fifth dataset says (828 iterations, batch 16, 224 px, seeds 0 and 1):
+#
+# - **The candidate leads on both seeds**: mAP@0.5 0.733 (0.725-0.741) against 0.710 (0.706-0.714),
+#   mAP@[.5:.95] 0.458 against 0.434. By the rule set before the run, it is adopted.
+# - **The peer is strongest here** (0.609), so the ratios are the smallest of the five: 1.20x for
+#   the candidate, 1.17x for the old default. A ratio says as much about the peer's room to grow as
+#   about the recipe: on `tiles`, where the peer scores 0.057, the same recipe stands at 3x.
+# - **The course data agrees** (`bench/main_job.py --rows "adopted, AdamW lr 2e-3, warm-up 250"
+#   --iters 828 --seeds 0 1`, NMS 0.5): VOC07 mAP@0.5 0.823 (0.810-0.836) and mAP@[.5:.95] 0.537,
+#   against 0.813 and 0.518 at lr 1e-3. The 300-iteration main job trains with SGD and is unchanged.
+# - **NMS 0.5 changes nothing here** (0.733 at 0.5 and at 0.6; 0.708 against 0.710 for the old
+#   default): objects of one class rarely overlap from above.
+# - **Adopted.** Chapter 09's `ADAMW_DEFAULTS` takes lr 2e-3 and `ADAMW_WARMUP_ITERS` 250
+#   iterations (at most a third of the run); `adamw_changes(iters)` holds both, for
+#   `optimizer_for` and `--optimizer adamw`. The rows "adopted, AdamW" and "default, AdamW" keep
+#   the rate they were measured with (`ADAMW_USUAL`, 1e-3). What the candidate does not say: which
+#   of its two changes does the work (the control, "adopted, AdamW, warm-up 250" at 1e-3, is
+#   defined and not run), and whether 250 iterations of warm-up suit runs much longer or shorter
+#   than 828 (they keep 250, and a third of a shorter run, unmeasured).
+# - **The issue's command now** (`python -m fcos_lib train --data DIR --iters 828 --batch-size 16
+#   --image-size 224`, NMS 0.5; `bench/nms_sweep.py --rows "adopted, AdamW lr 2e-3, warm-up 250"
+#   --datasets signs tiles letters cells aerial`) against the peer at its own 0.6: **1.499x** on
+#   `signs` (0.414; 1.41x before), **3.04x** on `tiles` (0.173; 2.93x), **1.31x** on `letters`
+#   (0.114; 1.15x), **1.41x** on `cells` (0.452; 1.41x) and **1.20x** on `aerial` (0.733; 1.16x).
+#   The goal of 1.5x on every dataset is met on `tiles` only; `signs` misses it by 0.0004 of mAP,
+#   `letters`, `cells` and `aerial` by more.
 
 # %% [markdown]
 # ## Re-run one row
@@ -2006,9 +2196,11 @@ else:
 #   runs and AdamW's longer ones lies near there; the switch stays at 800.
 # - AdamW's rate with the recipe's short warm-up trades datasets as the flips do: twice the rate
 #   lifts `letters` to 1.32x the peer and drops `signs` to 0.95x. With a warm-up of 250 iterations
-#   twice the rate leads the default on `signs` (two seeds: 0.407 against 0.379, 1.47x the peer)
-#   and on the first seed of `letters` and `tiles`: the candidate for the next change of the
-#   default, not yet confirmed.
+#   twice the rate leads 1e-3 on `signs` and `letters` (both seeds), is level on `tiles` and
+#   `cells` (one seed each way), and leads on both seeds of `aerial`, a fifth dataset made for
+#   this one decision: AdamW's defaults are lr 2e-3 and a 250-iteration warm-up now. The issue's
+#   command stands at 1.499x, 3.04x, 1.31x, 1.41x and 1.20x the peer (NMS 0.5): 1.5x everywhere is
+#   still not met.
 # - NMS at 0.5 instead of the paper's 0.6 raises mAP@0.5 on every one of 23 trained checkpoints
 #   re-scored (the main job's VOC07 0.723 to 0.737) and leaves mAP@[.5:.95] as it was: chapter
 #   08's `NMS_THRESH` is 0.5 now. Against the peer at its own 0.6 the recipe stands at 1.27x,

@@ -40,6 +40,13 @@ def test_train_writes_the_run_folder(trained):
     assert metrics["train_images_per_s"] > 0
 
 
+def test_the_first_line_names_the_optimiser_its_rate_and_warm_up(tiny_data, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), *TINY,
+                 "--optimizer", "adamw", "--warmup-iters", "2"]) == 0
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("training on"))
+    assert "for 3 iterations (AdamW, lr 0.002, warm-up 2)" in first, first
+
+
 def test_evaluate_agrees_with_the_library(trained, tiny_data, tmp_path, capsys):
     from fcos_lib.checkpoint import model_from_checkpoint
     from fcos_lib.data import VOCDataset
@@ -241,7 +248,8 @@ def test_every_flag_reaches_the_config(context, flag, field, value):
     # ... and changes nothing else, besides the defaults the flag implies.
     adamw = {"optimizer", "lr", "weight_decay", "schedule", "decay_norms", "ema_decay"}  # --data: 9000 iterations
     implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters", *adamw}, "iters": {"warmup_iters"},
-               "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay", "schedule", "decay_norms", "ema_decay"},
+               "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay", "schedule", "decay_norms", "ema_decay",
+                                                          "warmup_iters"},
                "pretrained_backbone": {"schedule", "decay_norms", "ema_decay"}}.get(field, set())
     base, changed = dataclass_dict(base), dataclass_dict(changed)
     assert {k for k in base if base[k] != changed[k]} - implied == {field}
@@ -251,9 +259,14 @@ def test_adamw_brings_its_own_lr_and_decay_unless_given():
     sgd = cfg_of()
     assert (sgd.optimizer, sgd.lr, sgd.weight_decay) == ("sgd", 0.01, 1e-4)
     adamw = cfg_of("--optimizer", "adamw")
-    assert (adamw.optimizer, adamw.lr, adamw.weight_decay) == ("adamw", 1e-3, 0.05)
+    assert (adamw.optimizer, adamw.lr, adamw.weight_decay) == ("adamw", 2e-3, 0.05)
     # ... on the recipe's constant rate and EMA (chapter 10's "adopted, AdamW"), without decay on norms.
     assert (adamw.schedule, adamw.decay_norms, adamw.ema_decay) == ("constant", False, 0.999)
+    # ... warmed up over 250 iterations (chapter 10's "AdamW's learning rate"), at most a third of the run,
+    # where SGD takes a tenth, at most 500; a warm-up given is kept.
+    assert [cfg_of("--optimizer", "adamw", "--iters", str(n)).warmup_iters for n in (300, 828, 9000)] == [100, 250, 250]
+    assert [cfg_of("--optimizer", "sgd", "--iters", str(n)).warmup_iters for n in (300, 828, 9000)] == [30, 82, 500]
+    assert cfg_of("--optimizer", "adamw", "--iters", "828", "--warmup-iters", "82").warmup_iters == 82
     assert cfg_of("--optimizer", "adamw", "--schedule", "cosine").schedule == "cosine"
     given = cfg_of("--optimizer", "adamw", "--lr", "3e-4", "--weight-decay", "0.01")
     assert (given.lr, given.weight_decay) == (3e-4, 0.01)
@@ -336,7 +349,8 @@ def dataclass_dict(cfg):
 
 def test_data_flag_means_the_full_recipe_and_workers_are_kept_in_memory():
     cfg = cfg_of("--data", "D")
-    assert (cfg.iters, cfg.in_memory, cfg.num_workers, cfg.warmup_iters) == (9000, False, 2, 500)
+    # 9,000 iterations from scratch: AdamW, with its warm-up (SGD's would be 500).
+    assert (cfg.iters, cfg.in_memory, cfg.num_workers, cfg.warmup_iters) == (9000, False, 2, 250)
     assert cfg_of("--data", "D", "--in-memory").num_workers == 0
     assert cfg_of("--data", "D", "--in-memory", "--workers", "3").num_workers == 3  # not ignored
     assert cfg_of("--workers", "2").num_workers == 2  # the course data is in memory: still honoured

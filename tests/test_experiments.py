@@ -12,7 +12,7 @@ from fcos_lib.experiments import (
     ABLATION_ROWS, BUDGETS, DESIGN_CHANGES, ROWS_DEFAULT, SEED_BASELINE, build_peer, row_config,
 )
 from fcos_lib.heldout import (
-    CONFIRMATION_CLASSES, DATASET_CLASSES, FRESH_CLASSES, HELD_OUT_CLASSES, make_held_out_dataset,
+    CONFIRMATION_CLASSES, DATASET_CLASSES, FINAL_CLASSES, FRESH_CLASSES, HELD_OUT_CLASSES, make_held_out_dataset,
 )
 from fcos_lib.voc import read_class_names
 
@@ -33,13 +33,13 @@ def test_held_out_datasets_are_voc_layout_with_their_own_classes(held_out):
         assert image.shape == (3, 160, 160)
         boxes = target["boxes"]
         assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
-    # The datasets share no class with each other or with the course dataset; "letters" and
-    # "cells" are kept apart from the rows' two.
+    # The datasets share no class with each other or with the course dataset; "letters", "cells"
+    # and "aerial" are kept apart from the rows' two.
     from fcos_lib.course_data import COURSE_CLASSES
     every = [*DATASET_CLASSES.values(), COURSE_CLASSES]
     assert sum(len(set(names)) for names in every) == len(set().union(*every))
     assert set(HELD_OUT_CLASSES) == {"signs", "tiles"} and set(CONFIRMATION_CLASSES) == {"letters"}
-    assert set(FRESH_CLASSES) == {"cells"}
+    assert set(FRESH_CLASSES) == {"cells"} and set(FINAL_CLASSES) == {"aerial"}
 
 
 def test_held_out_generation_is_reproducible_and_reused(held_out, tmp_path):
@@ -52,7 +52,7 @@ def test_held_out_generation_is_reproducible_and_reused(held_out, tmp_path):
     assert (again / ".done").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("kind", ["signs", "letters", "cells"])
+@pytest.mark.parametrize("kind", ["signs", "letters", "cells", "aerial"])
 def test_held_out_marks_difficult_objects(kind, tmp_path):
     root = make_held_out_dataset(kind, tmp_path / kind, num_train=40, num_val=1)
     flags = [int(obj.findtext("difficult")) for xml in (root / "Annotations").glob("train_*.xml")
@@ -92,8 +92,11 @@ def test_row_configs(held_out):
 
     adopted = row_config("default, peer's optimiser + EMA", "full", root, 0, "out")
     assert adopted == cli("--optimizer", "sgd").replace(classes=adopted.classes, num_threads=None)
-    assert row_config("adopted, AdamW", "full", root, 0, "out") == cli().replace(classes=adopted.classes,
-                                                                                num_threads=None)
+    assert row_config("adopted, AdamW lr 2e-3, warm-up 250", "full", root, 0, "out") == \
+        cli().replace(classes=adopted.classes, num_threads=None)
+    # The AdamW rows measured before that keep AdamW's usual rate and the recipe's warm-up.
+    assert row_config("adopted, AdamW", "full", root, 0, "out") == \
+        cli("--lr", "1e-3", "--warmup-iters", "82").replace(classes=adopted.classes, num_threads=None)
     assert row_config("default + ATSS", "full", root, 0, "out") == expected.replace(assigner="atss")
     assert row_config("default, AdamW", "full", root, 0, "out") == \
         expected.replace(optimizer="adamw", lr=1e-3, weight_decay=0.05)

@@ -38,3 +38,12 @@ def test_a_longer_run_is_its_own_entry_with_the_clis_warm_up(main_job, tmp_path)
     # Only the length differs: the data, the row's optimiser and the evaluation are the main job's.
     assert long.replace(iters=short.iters, warmup_iters=short.warmup_iters) == short
     assert long.optimizer == "adamw" and long.in_memory
+
+
+def test_the_default_row_at_828_iterations_is_what_the_command_line_runs(main_job, tmp_path):
+    # chapter 10's adopted AdamW row, on the course data, is `python -m fcos_lib train --iters 828` as it is now
+    from fcos_lib.cli import build_parser, config_from_args
+
+    row = main_job.main_job_config("adopted, AdamW lr 2e-3, warm-up 250", 0, tmp_path, 828)
+    cli = config_from_args(build_parser().parse_args(["train", "--seed", "0", "--out", str(tmp_path), "--iters", "828"]))
+    assert row == cli and (row.optimizer, row.lr, row.warmup_iters) == ("adamw", 2e-3, 250)
