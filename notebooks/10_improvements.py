@@ -1891,10 +1891,10 @@ def nms_table(path=NMS_SWEEP, key="map50", datasets=None):
         if datasets is None or dataset in datasets:
             groups.setdefault((row, dataset), []).append(entry)
     thresholds = sorted({t for entry in runs.values() for t in entry if t[0].isdigit()}, key=float)
-    print(f"{'row':34s}{'dataset':10s}{'seeds':>6s}" + "".join(f"{'NMS ' + t:>10s}" for t in thresholds))
+    print(f"{'row':38s}{'dataset':10s}{'seeds':>6s}" + "".join(f"{'NMS ' + t:>10s}" for t in thresholds))
     for (row, dataset), entries in sorted(groups.items()):
         cells = "".join(f"{mean([e[t][key] for e in entries]):10.3f}" for t in thresholds)
-        print(f"{row:34s}{dataset:10s}{len(entries):6d}{cells}")
+        print(f"{row:38s}{dataset:10s}{len(entries):6d}{cells}")
 
 
 print("mAP@0.5 (COCO-style AP at IoU 0.5), mean over the seeds:")
