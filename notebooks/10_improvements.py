@@ -1788,7 +1788,8 @@ wall_clock_table()
 #   (0.279 against 0.225), 1.499x at equal iterations (0.414 against 0.277, the same runs as the
 #   stored rows, to the digit). The 704 iterations fall below the 800 at which the command switches
 #   to AdamW (a later section), so at equal wall-clock it trains with SGD. Of the distance between
-#   0.279 and 0.414, about half is the 124 iterations (SGD at 828: 0.345) and half the optimiser.
+#   0.279 and 0.414, about half is the 124 iterations (SGD at 828, scored at NMS 0.6 the day
+#   before: 0.345) and half the optimiser.
 # - **AdamW at those 704 iterations** (`python -m fcos_lib train --data DIR --iters 704 --batch-size
 #   16 --image-size 224 --optimizer adamw --in-memory --device cpu --seed S`, seeds 0 and 1, so lr
 #   2e-3 with a warm-up of 234, a third of the run) scores 0.348 (0.338-0.358), mAP@[.5:.95] 0.189,
@@ -2117,7 +2118,7 @@ main_job_table(("adopted, AdamW", "adopted, AdamW lr 2e-3, warm-up 250"), iters=
 # (82 to 250 iterations). The control row changes only the warm-up, at the old rate ("adopted,
 # AdamW, warm-up 250"; `bench/ablations.py --budget full --datasets signs letters --rows "adopted,
 # AdamW, warm-up 250" --seeds 0 1`, run after the decision, on the two datasets where the rate
-# alone had moved the most). With the rows above, each change alone and both together:
+# alone was measured). With the rows above, each change alone and both together:
 
 # %%
 seed_table(("adopted, AdamW", "adopted, AdamW, warm-up 250", "adopted, AdamW lr 2e-3", "adopted, AdamW lr 2e-3, warm-up 250"),
@@ -2226,9 +2227,9 @@ else:
 #   --minutes 7.5`) the SGD recipe stood at 1.15x on `signs`, 1.05x on `tiles` and 0.86x on
 #   `letters`; the recipe now (SGD at 704 iterations, below the switch to AdamW) stands at 1.24x on
 #   `signs`, and AdamW at the same 704 iterations would stand at 1.55x: the switch at 800 is set
-#   from the course data alone and may be too high. On `tiles` and `letters` the runs' noise, not the 1-3 % difference in budget,
-#   separates these from the equal-iteration ratios: two seeds pin a ratio there only to a few
-#   tenths.
+#   from the course data alone and may be too high. On `tiles` and `letters` the runs' noise, not
+#   the 1-3 % difference in budget, separates these from the equal-iteration ratios: two seeds pin
+#   a ratio there only to a few tenths.
 # - AdamW won on all three held-out datasets (1.93x the peer on `tiles`) and halved the main job
 #   (VOC07 0.302 against 0.633). On the adopted schedule (constant rate, EMA) it is the best
 #   setting measured on every held-out dataset (1.37x, 2.85x and 1.11x the peer) and still halves
