@@ -14,9 +14,10 @@ fcos_lib: exactly what `python -m fcos_lib train --data DIR --iters N --batch-si
 cannot drift): improved_recipe (p3-p5, width 64, GroupNorm head, centre sampling 1.5, GIoU, exp
 box deltas, centerness on the regression stem, flips, a warm-up, then a constant rate, clip 10,
 evaluated with an EMA of the weights, decay 0.999), with the optimiser the run's length picks
-(chapter 09's optimizer_for: for 800 to 10,000 iterations AdamW lr 2e-3, weight decay 0.05 not on
+(chapter 09's optimizer_for: for 550 to 10,000 iterations AdamW lr 2e-3, weight decay 0.05 not on
 norms, warm-up min(250, N // 3); otherwise SGD lr 0.01 with weight decay on every parameter,
-warm-up min(500, N // 10); results stored before 2026-12-06 were SGD's at every length), only with
+warm-up min(500, N // 10); results stored before 2026-12-06 were SGD's at every length, and the
+equal wall-clock runs of 2026-12-06, 704 iterations, SGD's too: the switch was at 800 then), only with
 --in-memory and --device cpu added (the same batches, decoded once).
 
 torchvision: fcos_lib.experiments' peer, the issue's exact setup (`build_peer`, `train_peer`,
@@ -44,7 +45,7 @@ Equal wall-clock (`--minutes M`): after the equal-iteration runs, each detector'
 training step are measured on each dataset (10 timed steps after 2 untimed ones, each model
 trained from scratch, batches as in its real run), and each detector then trains, from scratch,
 floor(M * 60 / step seconds) iterations: fcos_lib as `python -m fcos_lib train --iters THAT`
-(so its warm-up is a tenth of that), torchvision with `train_peer`'s schedule
+(its optimiser and warm-up as the command picks them for that length), torchvision with `train_peer`'s schedule
 scaled to it. The iteration counts and the seconds each run really trained are printed. Timings
 are only as fair as the machine is quiet: run it alone.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Iterations when --iters is not given: the main job without --data, the full recipe with it.
-from fcos_lib.config import COURSE_ITERS as COURSE_DEFAULT_ITERS, VOC_ITERS as FULL_DEFAULT_ITERS
+from fcos_lib.config import ADAMW_ITERS, COURSE_ITERS as COURSE_DEFAULT_ITERS, VOC_ITERS as FULL_DEFAULT_ITERS
 from fcos_lib.inference import NMS_THRESH
 
 if TYPE_CHECKING:
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "8e-3 baseline)")
     t.add_argument("--optimizer", choices=["auto", "sgd", "adamw"],
                    help="sgd (with momentum 0.9) or adamw (lr 2e-3, weight decay 0.05 with none on norms, a 250-iteration "
-                        "warm-up, the recipe's constant rate and EMA); auto: adamw from scratch for 800 to 10,000 iterations, where chapter 10 "
+                        f"warm-up, the recipe's constant rate and EMA); auto: adamw from scratch for {ADAMW_ITERS[0]:,} to "
+                        f"{ADAMW_ITERS[1]:,} iterations, where chapter 10 "
                         "measured it ahead, sgd otherwise (the 300-iteration main job, --pretrained, the baseline) "
                         "(default: auto)")
     t.add_argument("--weight-decay", type=float,
