@@ -45,6 +45,16 @@ def row_folder(out, budget: str, dataset: str, seed: int, row: str) -> Path:
     return Path(out) / budget / dataset / f"seed{seed}" / row.replace(" ", "_")
 
 
+def store_run(path: Path, key: str, entry: dict) -> dict:
+    """Store one run's entry under `key` in a results file ({"runs": {...}}), re-read just before
+    writing, so that entries another run stored meanwhile are kept. Returns the results written."""
+    results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    results["runs"][key] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    return results
+
+
 def mean_range(values) -> str:
     """A table cell: the mean of the seeds' values and their range, "0.325 (0.320-0.331)"."""
     return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"
@@ -117,11 +127,7 @@ def main() -> None:
                     metrics = run_fcos_row(row, args.budget, root, seed, out)
                 metrics.update(spec=digest, minutes=round((time.perf_counter() - tic) / 60, 2),
                                measured=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
-                # Re-read before writing, so that entries another run stored meanwhile are kept.
-                results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-                results["runs"][key] = metrics
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+                results = store_run(path, key, metrics)
                 print(f"done  {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                                                   if isinstance(v, float) and k != "minutes"), flush=True)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import mean_range  # noqa: E402
+from ablations import mean_range, store_run  # noqa: E402
 from fcos_lib.cli import build_parser, config_from_args  # noqa: E402
 from fcos_lib.config import COURSE_ITERS, TrainConfig  # noqa: E402
 from fcos_lib.experiments import ABLATION_ROWS, ROWS_DEFAULT, SEEDS  # noqa: E402
@@ -116,10 +116,7 @@ def main() -> None:
             entry = {k: metrics[k] for k in KEYS}
             entry.update(spec=_digest(row, args.iters), nms_thresh=NMS_THRESH, train_seconds=round(state["train_seconds"], 1),
                          measured=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
-            results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-            results["runs"][key] = entry
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            store_run(path, key, entry)
             print(f"done  {key}: " + ", ".join(f"{k} {entry[k]:.3f}" for k in KEYS), flush=True)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import mean_range  # noqa: E402
+from ablations import mean_range, store_run  # noqa: E402
 from fcos_lib.cli import build_parser, config_from_args  # noqa: E402
 from fcos_lib.experiments import SEEDS  # noqa: E402
 from fcos_lib.heldout import DATASET_CLASSES, make_held_out_dataset  # noqa: E402
@@ -114,10 +114,7 @@ def main() -> None:
                 entry.update(spec=digest, nms_thresh=NMS_THRESH, lr=cfg.lr, warmup_iters=cfg.warmup_iters,
                              train_seconds=round(state["train_seconds"], 1), measured=time.strftime("%Y-%m-%d %H:%M"),
                              torch=torch.__version__)
-                results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-                results["runs"][key] = entry
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+                store_run(path, key, entry)
                 print(f"done  {key}: " + ", ".join(f"{k} {entry[k]:.3f}" for k in KEYS), flush=True)
 
 
