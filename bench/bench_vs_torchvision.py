@@ -16,9 +16,10 @@ box deltas, centerness on the regression stem, flips, a warm-up, then a constant
 evaluated with an EMA of the weights, decay 0.999), with the optimiser the run's length picks
 (chapter 09's optimizer_for: for 550 to 10,000 iterations AdamW lr 2e-3, weight decay 0.05 not on
 norms, warm-up min(250, N // 3); otherwise SGD lr 0.01 with weight decay on every parameter,
-warm-up min(500, N // 10); results stored before 2026-12-06 were SGD's at every length, and the
-equal wall-clock runs of 2026-12-06, 704 iterations, SGD's too: the switch was at 800 then), only with
---in-memory and --device cpu added (the same batches, decoded once).
+warm-up min(500, N // 10); results stored before 2026-12-06 were SGD's at every length), only with
+--in-memory and --device cpu added (the same batches, decoded once), and `--threads N` when this
+script is given `--threads N` (else the command's own `--threads auto`, which follows the machine's
+load: a run during which the load changed can differ from its repeat).
 
 torchvision: fcos_lib.experiments' peer, the issue's exact setup (`build_peer`, `train_peer`,
 `score_peer`):
@@ -108,6 +109,8 @@ def fcos_lib_config(root: Path, args, iters: int, seed: int, out: Path):
     argv = ["train", "--data", str(root), "--train-split", args.train_split, "--val-split", args.val_split,
             "--iters", str(iters), "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
             "--seed", str(seed), "--out", str(out), "--device", "cpu", "--in-memory"]
+    if args.threads:  # else the command's own default, --threads auto
+        argv += ["--threads", str(args.threads)]
     return config_from_args(build_cli_parser().parse_args(argv))
 
 
@@ -255,7 +258,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench_vs_torchvision", help="run folders (fcos_lib's last.pt) and result.json")
     parser.add_argument("--results", default=None,
                         help="results JSON (default: bench/results/vs_torchvision.json on the held-out data, else OUT/result.json)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads of both detectors; fcos_lib's runs then repeat bit for bit (0: torch's "
+                             "default for torchvision, the command's --threads auto for fcos_lib)")
     args = parser.parse_args()
     if args.data and args.held_out:
         parser.error("--data and --held-out exclude each other")

@@ -49,3 +49,15 @@ def test_letters_is_a_held_out_choice(bench, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench.main()
     assert "'letters'" in capsys.readouterr().err  # argparse lists the choices, letters among them
+
+
+def test_threads_reach_the_fcos_lib_command(bench, tmp_path):
+    """--threads N fixes fcos_lib's thread count (runs that repeat bit for bit); without it the
+    command's own default, auto, as a user runs it."""
+    from argparse import Namespace
+
+    args = Namespace(train_split="train", val_split="val", batch_size=16, image_size=224, threads=0)
+    assert bench.fcos_lib_config(tmp_path, args, 828, 0, tmp_path / "out").num_threads == "auto"
+    args.threads = 2
+    cfg = bench.fcos_lib_config(tmp_path, args, 828, 0, tmp_path / "out")
+    assert cfg.num_threads == 2 and cfg.iters == 828 and cfg.optimizer == "adamw"
