@@ -1802,9 +1802,9 @@ wall_clock_table()
 # - **The same benchmark that evening, after the move** (the table's run): AdamW at both lengths.
 #   At equal iterations 0.430 (0.424-0.435) against 0.277, **1.55x**: the peer's runs and
 #   fcos_lib's seed 1 repeated the morning's to the digit, fcos_lib's seed 0 did not (0.424
-#   against 0.394). The command's `--threads auto` follows the machine's load; a run during which
-#   it changed differs in the last bits, and training from scratch grows them (the benchmark's
-#   `--threads N` fixes the count). Over both runs of each seed: 0.422, 1.52x. At equal
+#   against 0.394), likely because the command's `--threads auto` follows the machine's load: a
+#   run during which it changed differs in the last bits, and training from scratch grows them
+#   (not checked; the benchmark's `--threads N` fixes the count now). Over both runs of each seed: 0.422, 1.52x. At equal
 #   wall-clock the slower hour bought 577 and 555 iterations: 0.217 against 0.199, **1.09x**.
 #   577 is close to where AdamW and SGD are level on `signs` (550, "Where the switch belongs"),
 #   704 was not: the equal wall-clock ratio depends on the machine's hour as much as on the
@@ -2320,9 +2320,8 @@ else:
 # - On the course data AdamW and SGD were level at 550 iterations at AdamW's old rate; with its
 #   defaults now AdamW leads at 550 on the course data and on `letters`, `cells`, `aerial` and
 #   `tiles` (run after the move), and is level on `signs` (`bench/optimizer_switch.py --iters
-#   550`): the switch moved from 800 to 550,
-#   so `python -m fcos_lib train --iters 704`, the equal wall-clock length on `signs` on a fast
-#   hour, trains with AdamW now (0.348, 1.55x the peer).
+#   550`): the switch moved from 800 to 550, so `python -m fcos_lib train --iters 704`, the equal
+#   wall-clock length on `signs` on a fast hour, trains with AdamW now (0.348, 1.55x the peer).
 # - AdamW's rate with the recipe's short warm-up trades datasets as the flips do: twice the rate
 #   lifts `letters` to 1.32x the peer and drops `signs` to 0.95x. With a warm-up of 250 iterations
 #   twice the rate leads 1e-3 on `signs` and `letters` (both seeds), is level on `tiles` and
