@@ -55,6 +55,30 @@ def store_run(path: Path, key: str, entry: dict) -> dict:
     return results
 
 
+def train_and_store(path: Path, key: str, cfg, spec: str, keys, command: str = "", **extra) -> dict | None:
+    """Train `cfg` and score it as `python -m fcos_lib train` does (write_run_report), then store
+    its `keys` metrics with `spec`, the NMS threshold, the training time, the date, torch's version
+    and `extra` under `key` (store_run). A run that the file already holds with this `spec` is
+    skipped: returns None then, else the stored entry. `command` is printed with the run."""
+    from fcos_lib.inference import NMS_THRESH
+    from fcos_lib.report import write_run_report
+    from fcos_lib.train import train
+
+    results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    if results["runs"].get(key, {}).get("spec") == spec:
+        print(f"have  {key}")
+        return None
+    print(f"run   {key}" + (f": {command}" if command else ""), flush=True)
+    state = train(cfg, overwrite=True, progress=False)
+    metrics = write_run_report(cfg, state)
+    entry = {k: metrics[k] for k in keys}
+    entry.update(spec=spec, nms_thresh=NMS_THRESH, **extra, train_seconds=round(state["train_seconds"], 1),
+                 measured=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
+    store_run(path, key, entry)
+    print(f"done  {key}: " + ", ".join(f"{k} {entry[k]:.3f}" for k in keys), flush=True)
+    return entry
+
+
 def mean_range(values) -> str:
     """A table cell: the mean of the seeds' values and their range, "0.325 (0.320-0.331)"."""
     return f"{sum(values) / len(values):.3f} ({min(values):.3f}-{max(values):.3f})"

@@ -22,13 +22,10 @@ import argparse
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import mean_range, store_run  # noqa: E402
+from ablations import mean_range, train_and_store  # noqa: E402
 from fcos_lib.cli import build_parser, config_from_args  # noqa: E402
 from fcos_lib.config import COURSE_ITERS, TrainConfig  # noqa: E402
 from fcos_lib.experiments import ABLATION_ROWS, ROWS_DEFAULT, SEEDS  # noqa: E402
@@ -81,10 +78,6 @@ def markdown_table(runs: dict, seeds, iters: int = COURSE_ITERS) -> str:
 
 
 def main() -> None:
-    from fcos_lib.inference import NMS_THRESH
-    from fcos_lib.report import write_run_report
-    from fcos_lib.train import train
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", nargs="*", default=["course default"], help="ablation rows (default: course default)")
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
@@ -105,19 +98,7 @@ def main() -> None:
                      for s in args.seeds} for row in args.rows}  # every row checked before any training
     for row, by_seed in configs.items():
         for seed, cfg in by_seed.items():
-            key = run_key(row, seed, args.iters)
-            results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-            if results["runs"].get(key, {}).get("spec") == _digest(row, args.iters):
-                print(f"have  {key}")
-                continue
-            print(f"run   {key}", flush=True)
-            state = train(cfg, overwrite=True, progress=False)
-            metrics = write_run_report(cfg, state)
-            entry = {k: metrics[k] for k in KEYS}
-            entry.update(spec=_digest(row, args.iters), nms_thresh=NMS_THRESH, train_seconds=round(state["train_seconds"], 1),
-                         measured=time.strftime("%Y-%m-%d %H:%M"), torch=torch.__version__)
-            store_run(path, key, entry)
-            print(f"done  {key}: " + ", ".join(f"{k} {entry[k]:.3f}" for k in KEYS), flush=True)
+            train_and_store(path, run_key(row, seed, args.iters), cfg, _digest(row, args.iters), KEYS)
 
 
 if __name__ == "__main__":

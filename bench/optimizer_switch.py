@@ -20,14 +20,11 @@ import argparse
 import hashlib
 import json
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import mean_range, store_run  # noqa: E402
+from ablations import mean_range, train_and_store  # noqa: E402
 from fcos_lib.cli import build_parser, config_from_args  # noqa: E402
 from fcos_lib.experiments import SEEDS  # noqa: E402
 from fcos_lib.heldout import DATASET_CLASSES, make_held_out_dataset  # noqa: E402
@@ -75,10 +72,6 @@ def markdown_table(runs: dict, iters: int, seeds, datasets, key: str = "map50") 
 
 
 def main() -> None:
-    from fcos_lib.inference import NMS_THRESH
-    from fcos_lib.report import write_run_report
-    from fcos_lib.train import train
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, required=True, help="the run length to compare the optimisers at")
     parser.add_argument("--datasets", nargs="*", default=[COURSE, *DATASET_CLASSES],
@@ -102,20 +95,8 @@ def main() -> None:
                 out = Path(args.out) / dataset / f"{args.iters}it" / optimizer / f"seed{seed}"
                 argv = switch_argv(dataset, args.iters, optimizer, seed, out)
                 cfg = config_from_args(build_parser().parse_args(argv))
-                digest = config_digest(cfg)
-                results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-                if results["runs"].get(key, {}).get("spec") == digest:
-                    print(f"have  {key}")
-                    continue
-                print(f"run   {key}: python -m fcos_lib {' '.join(argv)}", flush=True)
-                state = train(cfg, overwrite=True, progress=False)
-                metrics = write_run_report(cfg, state)
-                entry = {k: metrics[k] for k in KEYS}
-                entry.update(spec=digest, nms_thresh=NMS_THRESH, lr=cfg.lr, warmup_iters=cfg.warmup_iters,
-                             train_seconds=round(state["train_seconds"], 1), measured=time.strftime("%Y-%m-%d %H:%M"),
-                             torch=torch.__version__)
-                store_run(path, key, entry)
-                print(f"done  {key}: " + ", ".join(f"{k} {entry[k]:.3f}" for k in KEYS), flush=True)
+                train_and_store(path, key, cfg, config_digest(cfg), KEYS, command=f"python -m fcos_lib {' '.join(argv)}",
+                                lr=cfg.lr, warmup_iters=cfg.warmup_iters)
 
 
 if __name__ == "__main__":
