@@ -1,19 +1,14 @@
 """bench/bench_vs_torchvision.py's summaries and arguments (the runs themselves take an hour)."""
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_vs_torchvision.py"
+from bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_vs_torchvision", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_vs_torchvision")
 
 
 def _run(map50_ours, map50_peer, iters=(690, 701)):

@@ -1,23 +1,16 @@
 """bench/main_job.py: its runs are the CLI's main job with a row's changes, at 300 iterations or --iters."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from fcos_lib.config import COURSE_ITERS
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from bench_scripts import BENCH, load_bench
 
 
 @pytest.fixture(scope="module")
 def main_job():
-    sys.path.insert(0, str(BENCH))  # main_job imports its neighbour ablations
-    spec = importlib.util.spec_from_file_location("main_job", BENCH / "main_job.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("main_job")
 
 
 def test_the_main_job_length_keeps_the_stored_keys_and_digests(main_job):

@@ -1,8 +1,4 @@
 """bench/nms_sweep.py: its scores at NMS 0.6 are fcos_lib.evaluate's, and a threshold does what it says."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -14,16 +10,12 @@ from fcos_lib.locations import get_fpn_location_coords
 from fcos_lib.model import FCOSPredictions
 from fcos_lib.targets import strides_per_location
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    sys.path.insert(0, str(BENCH))  # nms_sweep imports its neighbours ablations and main_job
-    spec = importlib.util.spec_from_file_location("nms_sweep", BENCH / "nms_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("nms_sweep")
 
 
 class OracleWithDuplicates(nn.Module):

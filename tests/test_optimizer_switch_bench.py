@@ -1,24 +1,17 @@
 """bench/optimizer_switch.py: its two runs are the user's command with --optimizer sgd and adamw."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from fcos_lib.cli import build_parser, config_from_args
 from fcos_lib.config import adamw_changes
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from bench_scripts import BENCH, load_bench
 
 
 @pytest.fixture(scope="module")
 def switch():
-    sys.path.insert(0, str(BENCH))  # optimizer_switch imports its neighbour ablations
-    spec = importlib.util.spec_from_file_location("optimizer_switch", BENCH / "optimizer_switch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("optimizer_switch")
 
 
 def _config(switch, optimizer, out, dataset="course", iters=550):
