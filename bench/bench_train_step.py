@@ -17,6 +17,8 @@ Trials (issue 14): `--channels-last`, `--bf16` (torch.autocast with bfloat16, on
 AMX / AVX512-BF16 where the processor has them) and `--compile` (torch.compile) build a second
 fcos_lib model with that change, the same initial weights, stepped on the same batches in turn
 with the default one, and print its images/s as a ratio to the default's, and both losses.
+`--p2` (chapter 10) builds the second model with the FPN level p2 (stride 4): other weights,
+since it has more of them.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="trial: channels-last memory format")
     parser.add_argument("--bf16", action="store_true", help="trial: bfloat16 autocast (CPU or CUDA)")
     parser.add_argument("--compile", action="store_true", help="trial: torch.compile the model")
+    parser.add_argument("--p2", action="store_true", help="trial: the FPN level p2 (stride 4) added")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = device_sync(device)
@@ -75,7 +78,7 @@ def main() -> None:
     model = FCOS(len(dataset.class_names)).to(device).train()
     optimizer = build_optimizer(model, improved_recipe())
     peer_step = None if args.no_peer else make_peer_step(len(dataset.class_names), args.image_size, device)
-    trial_step = make_trial_step(model, args, device) if (args.channels_last or args.bf16 or args.compile) else None
+    trial_step = make_trial_step(model, args, device) if (args.channels_last or args.bf16 or args.compile or args.p2) else None
     steps, peer_steps, trial_steps, losses_seen = [], [], [], []
     for step in range(2 + args.steps):
         if step == 2:
@@ -133,7 +136,7 @@ def main() -> None:
     if trial_steps:
         trial = statistics.median(trial_steps)
         name = "+".join(n for n, on in (("channels-last", args.channels_last), ("bf16", args.bf16),
-                                        ("compile", args.compile)) if on)
+                                        ("compile", args.compile), ("p2", args.p2)) if on)
         print(f"trial {name}: {trial * 1000:.0f} ms per step -> {args.batch_size / trial:.1f} images/s, "
               f"{(step - med['data']) / trial:.2f}x the default step without data loading")
         print("  losses default / trial, last steps: " + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in losses_seen[-3:]))
@@ -146,7 +149,11 @@ def make_trial_step(reference: FCOS, args, device: torch.device):
     """One training step of a copy of `reference` with the trial changes: f(images, gt_boxes, sync) -> (s, loss)."""
     import copy
 
-    model = copy.deepcopy(reference)
+    if args.p2:
+        torch.manual_seed(0)
+        model = FCOS(reference.num_classes, with_p2=True).to(device).train()
+    else:
+        model = copy.deepcopy(reference)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, improved_recipe())

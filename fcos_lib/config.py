@@ -49,6 +49,7 @@ class TrainConfig:
     box_activation: str = "exp"      # box deltas: "exp" (the paper) or "relu" (the seed, torchvision)
     centerness_on: str = "reg"       # the stem that predicts centerness: "reg" or "cls" (the paper's §3.3)
     assigner: str = "fcos"           # positive locations: "fcos" (chapter 04) or "atss" (chapter 10)
+    with_p2: bool = False            # an FPN level p2 at stride 4, for objects of a few pixels (chapter 10)
     # optimisation
     iters: int = 9000
     batch_size: int = 16
@@ -110,6 +111,7 @@ _CONFIG_RULES = {
     "box_activation": ("'exp' or 'relu'", lambda v: v in ("exp", "relu")),
     "centerness_on": ("'reg' or 'cls'", lambda v: v in ("reg", "cls")),
     "assigner": ("'fcos' or 'atss'", lambda v: v in ("fcos", "atss")),
+    "with_p2": ("True or False", lambda v: isinstance(v, bool)),
     "scale_jitter": ("None or (lo, hi) with 0 < lo <= hi", lambda v: v is None or (
         len(v) == 2 and all(isinstance(f, (int, float)) and math.isfinite(f) for f in v) and 0 < v[0] <= v[1])),
     "ema_decay": ("None or a number in (0, 1)", lambda v: v is None or (isinstance(v, (int, float)) and 0 < v < 1)),

@@ -140,6 +140,16 @@ def _rows() -> "OrderedDict[str, dict]":
         rows[f"adopted, AdamW{name}, warm-up 250"] = {
             "base": "default", "what": f"the adopted recipe with AdamW{name or ' lr 1e-3'}, warm-up 250 iterations",
             "changes": {**adopted_adamw, "lr": lr, "warmup_iters": 250}}
+    # A finer level for small objects: p2 at stride 4. On the held-out data a quarter to a third of
+    # the objects are under 16 px at 224 px (aerial: 78 % under 32), where p3 gives a box one to four
+    # locations. Screened on the rate alone (the screen's warm-up is a tenth of its 300 iterations),
+    # confirmed on the default at the full budget.
+    rows["adopted, AdamW lr 2e-3 + p2"] = {"base": "default", "what": "the adopted recipe with AdamW lr 2e-3 and "
+                                           "the FPN level p2 (stride 4)",
+                                           "changes": {**adopted_adamw, "lr": 2e-3, "with_p2": True}}
+    rows["adopted, AdamW lr 2e-3, warm-up 250 + p2"] = {
+        "base": "default", "what": "the default (AdamW lr 2e-3, warm-up 250) with the FPN level p2 (stride 4)",
+        "changes": {**adopted_adamw, "lr": 2e-3, "warmup_iters": 250, "with_p2": True}}
     rows["default, no flips"] = {"base": "default", "changes": {"hflip": False}, "what": "without flips"}
     rows["default, ReLU deltas"] = {"base": "default", "changes": {"box_activation": "relu"},
                                     "what": "the default with ReLU deltas (the seed's and torchvision's)"}

@@ -288,3 +288,21 @@ def test_frozen_stages_need_frozen_batchnorm():
     with pytest.raises(ValueError, match="frozen_batchnorm=True"):
         BackboneWithFPN(trainable_layers=0, frozen_batchnorm=False)
     BackboneWithFPN(trainable_layers=5, frozen_batchnorm=False)  # nothing frozen: fine
+
+
+@pytest.mark.parametrize("H, W", [(160, 224), (64, 96)])
+def test_with_p2_adds_a_stride_4_level_in_front(H, W):
+    torch.manual_seed(0)
+    model = BackboneWithFPN(out_channels=16, with_p2=True)
+    assert model.strides == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+    assert model.backbone_channels == {"c2": 32, "c3": 64, "c4": 160, "c5": 400}  # c2: block1's width
+    with torch.no_grad():
+        pyramid = model(torch.rand(1, 3, H, W))
+    assert list(pyramid) == ["p2", "p3", "p4", "p5"]  # finest first, as the matching needs
+    for level, x in pyramid.items():
+        assert x.shape == (1, 16, H // model.strides[level], W // model.strides[level])
+
+
+def test_with_p2_must_be_a_bool():
+    with pytest.raises(ValueError, match="with_p2 must be True or False"):
+        BackboneWithFPN(out_channels=16, with_p2="False")

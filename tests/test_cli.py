@@ -234,6 +234,7 @@ def test_no_flags_is_the_main_job():
     ([], ["--ema-decay", "off"], "ema_decay", None),
     ([], ["--scale-jitter", "0.75", "1.25"], "scale_jitter", (0.75, 1.25)),
     ([], ["--assigner", "atss"], "assigner", "atss"),
+    ([], ["--p2"], "with_p2", True),
     ([], ["--threads", "1"], "num_threads", 1),
     ([], ["--cpu-bf16"], "cpu_bf16", True),
     ([], ["--weight-decay", "0.001"], "weight_decay", 0.001),

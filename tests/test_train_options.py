@@ -328,6 +328,33 @@ def test_atss_assigner_trains():
     assert any(not torch.allclose(losses[k], fcos_losses[k]) for k in LOSS_NAMES)
 
 
+def test_p2_trains_on_four_levels_and_predicts_their_locations():
+    images, gt_boxes = _tiny_batch()
+    model = _tiny_model(with_p2=True).train()
+    assert model.strides == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+    losses = model(images, gt_boxes)
+    _check_losses(losses)
+    sum(losses.values()).backward()
+    assert model.backbone.fpn.lateral["p2"].weight.grad.abs().sum() > 0  # p2 gets positives and a gradient
+    with torch.no_grad():
+        predictions = model.eval()(images)
+    assert predictions.num_locations_per_level == [16 * 16, 8 * 8, 4 * 4, 2 * 2]  # 64 px at strides 4-32
+    assert predictions.box_deltas.shape == (2, 256 + 64 + 16 + 4, 4)
+
+
+def test_p2_run_rebuilds_from_its_checkpoint(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path, iters=1, with_p2=True), progress=False)
+    model, state = model_from_checkpoint(tmp_path / "last.pt")
+    assert state["config"]["with_p2"] is True and list(model.strides) == ["p2", "p3", "p4", "p5"]
+    # A checkpoint written before the option existed lacks the field: it meant no p2.
+    old = dataclasses.asdict(TrainConfig())
+    del old["with_p2"]
+    assert config_differences(old, TrainConfig()) == {}
+    assert config_differences(old, TrainConfig(with_p2=True)) == {"with_p2": (False, True)}
+    with pytest.raises(ValueError, match=r"TrainConfig\.with_p2 must be True or False"):
+        TrainConfig(with_p2="yes")
+
+
 def test_model_rejects_unknown_options():
     with pytest.raises(ValueError, match="box_activation"):
         FCOS(3, fpn_channels=16, num_convs=1, box_activation="tanh")
