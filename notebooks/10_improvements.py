@@ -1158,6 +1158,16 @@ def _rows() -> "OrderedDict[str, dict]":
         rows[f"adopted, AdamW{name}, warm-up 250"] = {
             "base": "default", "what": f"the adopted recipe with AdamW{name or ' lr 1e-3'}, warm-up 250 iterations",
             "changes": {**adopted_adamw, "lr": lr, "warmup_iters": 250}}
+    # A finer level for small objects: p2 at stride 4. On the held-out data a quarter to a third of
+    # the objects are under 16 px at 224 px (aerial: 78 % under 32), where p3 gives a box one to four
+    # locations. Screened on the rate alone (the screen's warm-up is a tenth of its 300 iterations),
+    # confirmed on the default at the full budget.
+    rows["adopted, AdamW lr 2e-3 + p2"] = {"base": "default", "what": "the adopted recipe with AdamW lr 2e-3 and "
+                                           "the FPN level p2 (stride 4)",
+                                           "changes": {**adopted_adamw, "lr": 2e-3, "with_p2": True}}
+    rows["adopted, AdamW lr 2e-3, warm-up 250 + p2"] = {
+        "base": "default", "what": "the default (AdamW lr 2e-3, warm-up 250) with the FPN level p2 (stride 4)",
+        "changes": {**adopted_adamw, "lr": 2e-3, "warmup_iters": 250, "with_p2": True}}
     rows["default, no flips"] = {"base": "default", "changes": {"hflip": False}, "what": "without flips"}
     rows["default, ReLU deltas"] = {"base": "default", "changes": {"box_activation": "relu"},
                                     "what": "the default with ReLU deltas (the seed's and torchvision's)"}
@@ -1613,14 +1623,15 @@ toward_peer_table(rows=("course default", "default + ATSS", "default, AdamW", "t
 # %%
 def seed_table(rows, datasets, seeds, budget="full"):
     """mAP@0.5 of each row per seed, and the mean, on each dataset (the seeds stored; '-' if missing)."""
-    print(f"{'row':38s}{'dataset':9s}" + "".join(f"{'seed ' + str(s):>9s}" for s in seeds) + f"{'mean':>8s}")
+    width = max(38, max(len(row) for row in rows) + 2)
+    print(f"{'row':{width}s}{'dataset':9s}" + "".join(f"{'seed ' + str(s):>9s}" for s in seeds) + f"{'mean':>8s}")
     for row in rows:
         for dataset in datasets:
             found = {s: results[k]["map50"] for s in seeds if (k := f"{row} | {dataset} | seed {s} | {budget}") in results}
             if not found:
                 continue
             cells = "".join(f"{found[s]:9.3f}" if s in found else f"{'-':>9s}" for s in seeds)
-            print(f"{row:38s}{dataset:9s}{cells}{mean(list(found.values())):8.3f}")
+            print(f"{row:{width}s}{dataset:9s}{cells}{mean(list(found.values())):8.3f}")
 
 
 seed_table(("course default", "default, peer's training", "default, peer's optimiser",
@@ -2239,6 +2250,77 @@ switch_table(400)
 
 
 # %% [markdown]
+# ## A finer level for small objects: p2
+#
+# Every lever so far changed the training. The three datasets where the recipe stays below 1.5x
+# the peer share one trait: small objects. At 224 px, a quarter to a third of the boxes of
+# `signs`, `letters`, `cells` and `aerial` are under 16 px on a side (the square root of their
+# area), and on `aerial` 78 % are under 32 px. Such a box falls to p3, whose locations are 8 px
+# apart: it gets a handful of positive locations, read off features that have already pooled
+# over its whole width. An FPN level p2, at stride 4 from the trunk's `block1`, gives it four
+# times as many (chapter 01's `with_p2`, `--p2` on the command line; chapter 04's scale ranges
+# follow from the strides: p2 (0, 32), p3 (32, 64), p4 (64, 128), p5 (128, inf)).
+#
+# The positives of one box, by its side, with and without p2 (chapter 04's rule, centre
+# sampling 1.5, the box placed off the grid):
+
+# %%
+LEVELS = {"p3-p5": {"p3": 8, "p4": 16, "p5": 32}, "p2-p5": {"p2": 4, "p3": 8, "p4": 16, "p5": 32}}
+print(f"{'box side (px)':>14s}" + "".join(f"{name + ' positives':>18s}" for name in LEVELS))
+for side in (6, 10, 16, 24, 40):
+    box = torch.tensor([[[101.3, 97.7, 101.3 + side, 97.7 + side, 0.0]]])  # (B=1, N=1, 5)
+    counts = []
+    for strides in LEVELS.values():
+        locations = get_fpn_location_coords({level: (224 // s, 224 // s) for level, s in strides.items()}, strides)
+        counts.append(int((fcos_match_indices(locations, strides, box, center_sampling_radius=1.5) == 0).sum()))
+    print(f"{side:>14d}" + "".join(f"{n:>18d}" for n in counts))
+    assert counts[1] >= counts[0]  # p2 never takes positives away: boxes under 32 px move to a finer grid
+
+# %% [markdown]
+# Screened first (300 iterations, batch 8, 160 px, seeds 0 and 1; the rate alone, since the
+# screen's warm-up is a tenth of its run: `bench/ablations.py --budget screen --datasets aerial
+# cells letters signs tiles --rows "adopted, AdamW lr 2e-3" "adopted, AdamW lr 2e-3 + p2" --seeds 0 1`):
+
+# %%
+seed_table(("adopted, AdamW lr 2e-3", "adopted, AdamW lr 2e-3 + p2"), ("aerial", "cells", "letters", "signs", "tiles"),
+           seeds=(0, 1), budget="screen")
+
+# %% [markdown]
+# Then the default itself with p2, at the issue's budget (828 iterations, batch 16, 224 px):
+# `bench/ablations.py --budget full --datasets aerial --rows "adopted, AdamW lr 2e-3, warm-up 250 + p2" --seeds 0`.
+
+# %%
+seed_table(("adopted, AdamW lr 2e-3, warm-up 250", "adopted, AdamW lr 2e-3, warm-up 250 + p2", "torchvision FCOS"),
+           ("aerial", "cells", "letters", "signs", "tiles"), seeds=(0, 1))
+
+# %% [markdown]
+# What p2 buys, and what it costs:
+#
+# - **Positives.** Without p2 a 6 px box gets no positive location at all and a 10 px box one;
+#   with it, 4 and 9. From 24 px up the count is the same: the box has only moved to a finer grid.
+# - **The screen**: p2 is ahead on both seeds on four datasets of five and level on the fifth.
+#   On `aerial` it doubles mAP@0.5, 0.281 (0.279-0.283) to 0.589 (0.571-0.606); on `letters`,
+#   `signs` and `tiles` it gains about half (0.031 to 0.047, 0.031 to 0.044, 0.030 to 0.046); on
+#   `cells` it is level, 0.131 against 0.133. Even `tiles`, whose boxes are the largest (42 % over
+#   64 px), gains. At 160 px every box is smaller than at 224, so the screen flatters p2.
+# - **The full budget, `aerial`, one seed**: 0.870 against the default's 0.741 on the same seed
+#   (mAP@[.5:.95] 0.586 against 0.463, VOC07 0.833 against 0.715). Against the peer's mean of
+#   0.609 that is **1.43x**, from 1.20x; the peer's own seed 0 scored 0.623. The goal's 1.5x is
+#   still not met on `aerial`, but the gap shrank from 0.18 of mAP@0.5 to 0.04.
+# - **The cost**: a training step takes **1.84x** as long (`bench/bench_train_step.py --no-peer --p2`:
+#   1951 against 1060 ms, batch 16, 224 px, the two models stepped in turn on the same batches):
+#   the head's eight convolutions run on p2's 3,136 locations (56 x 56) besides the 1,029 of p3-p5.
+#   The 828-iteration run took 28.7 minutes on this hour. At equal wall-clock time p2 gets 54 % of the
+#   default's iterations, and the 300-iteration main job would take nearly twice as long.
+# - **Not adopted yet.** One seed of one dataset at the full budget is not this chapter's rule (a
+#   change must win on every held-out dataset, two seeds each), and a 1.84x step puts the main job's
+#   10 minutes at risk on a slow hour. It is offered as an option, `--p2` (`with_p2=True`), for data
+#   whose objects are a few pixels across; the full-budget rows for the other datasets are the
+#   next measurement (`bench/ablations.py --budget full --datasets aerial cells letters signs tiles
+#   --rows "adopted, AdamW lr 2e-3, warm-up 250 + p2" --seeds 0 1`, about 30 minutes a run here).
+
+
+# %% [markdown]
 # ## Re-run one row
 #
 # The stored table is only worth something if it comes from this code. The `smoke` budget is a
@@ -2372,5 +2454,9 @@ else:
 #   which changes no label, does not replace them (`letters` 0.124 without it, 0.092 (0.089-0.095) with
 #   it). With `--no-hflip` the recipe reaches 1.43x on `letters`, and 1.58x with `--ema-decay off`
 #   too: the EMA that wins with flips loses there without them.
+# - The levers before this one changed the training; the one that moved `aerial` most changes the
+#   model: an FPN level p2 at stride 4 gives boxes of a few pixels positives of their own. One seed
+#   at the full budget: 0.870 against 0.741, 1.43x the peer from 1.20x, for a step 1.84x as long.
+#   Offered as `--p2`, not the default until it wins on every dataset at the full budget.
 # - `bench/results/ablations.json` holds every run; `make ablations` re-runs what is missing and
 #   re-executes this chapter.
