@@ -56,6 +56,7 @@ are only as fair as the machine is quiet: run it alone.
     .venv/bin/python bench/bench_vs_torchvision.py --held-out tiles letters --minutes 7.5 --wall-clock-only \
         --results bench/results/vs_torchvision_wall_clock.json   # equal wall-clock only
     .venv/bin/python bench/bench_vs_torchvision.py --data DIR --train-split trainval --val-split test
+    .venv/bin/python bench/bench_vs_torchvision.py --held-out aerial --fcos-flags=--p2 --out runs/vs_tv_p2
 
 Time: about 8 minutes per 828-iteration run of 16 images at 224 px on the 2-core development
 CPU (2026-12-05; 15 minutes on slower hours), for either detector, so the default (2 datasets x 2
@@ -111,6 +112,7 @@ def fcos_lib_config(root: Path, args, iters: int, seed: int, out: Path):
             "--seed", str(seed), "--out", str(out), "--device", "cpu", "--in-memory"]
     if args.threads:  # else the command's own default, --threads auto
         argv += ["--threads", str(args.threads)]
+    argv += shlex.split(getattr(args, "fcos_flags", "") or "")  # e.g. "--p2": the command's own options
     return config_from_args(build_cli_parser().parse_args(argv))
 
 
@@ -261,7 +263,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads of both detectors; fcos_lib's runs then repeat bit for bit (0: torch's "
                              "default for torchvision, the command's --threads auto for fcos_lib)")
+    parser.add_argument("--fcos-flags", default="", metavar="FLAGS",
+                        help="more options of `python -m fcos_lib train` for fcos_lib's runs, one quoted string, e.g. "
+                             "--fcos-flags=--p2; results then go to OUT/result.json unless --results says otherwise")
     args = parser.parse_args()
+    if args.fcos_flags:
+        try:  # a bad flag fails here, before any training, with the command's own message
+            build_cli_parser().parse_args(["train", "--data", "DIR", *shlex.split(args.fcos_flags)])
+        except SystemExit:
+            parser.error(f"--fcos-flags {args.fcos_flags!r}: not options of `python -m fcos_lib train` (see its --help)")
     if args.data and args.held_out:
         parser.error("--data and --held-out exclude each other")
     if args.minutes is not None and args.minutes <= 0:
@@ -286,7 +296,9 @@ def main() -> None:
             while name in datasets:
                 name, n = f"{Path(d).resolve().name}_{n}", n + 1
             datasets[name] = Path(d)
-    results_path = Path(args.results) if args.results else (RESULTS if held_out else out / "result.json")
+    # The stored reference holds the command's defaults only: a run with --fcos-flags goes to OUT unless told.
+    results_path = Path(args.results) if args.results else (RESULTS if held_out and not args.fcos_flags
+                                                              else out / "result.json")
     progress_path = out / "result.json"
 
     result = {
@@ -298,7 +310,8 @@ def main() -> None:
         "iters": args.iters, "batch_size": args.batch_size, "image_size": args.image_size, "seeds": args.seeds,
         "minutes": args.minutes,
         "fcos_lib_command": f"python -m fcos_lib train --data DIR --iters {args.iters} --batch-size {args.batch_size} "
-                            f"--image-size {args.image_size} --seed SEED (+ --in-memory --device cpu)",
+                            f"--image-size {args.image_size} --seed SEED"
+                            + (f" {args.fcos_flags}" if args.fcos_flags else "") + " (+ --in-memory --device cpu)",
         "peer": "fcos_lib.experiments build_peer/train_peer/score_peer (torchvision FCOS, RegNetX-400MF + FPN p3-p5, "
                 "64 ch, anchors 8/16/32, SGD lr 0.01 + warm-up 100/828 then constant, clip 10, no flips)",
         "goal": {"ratio_map50": GOAL_RATIO, **GOAL_BUDGET},

@@ -56,3 +56,22 @@ def test_threads_reach_the_fcos_lib_command(bench, tmp_path):
     args.threads = 2
     cfg = bench.fcos_lib_config(tmp_path, args, 828, 0, tmp_path / "out")
     assert cfg.num_threads == 2 and cfg.iters == 828 and cfg.optimizer == "adamw"
+
+
+def test_fcos_flags_reach_the_fcos_lib_command(bench, tmp_path):
+    """--fcos-flags passes the command's own options (here --p2) to fcos_lib's runs only."""
+    from argparse import Namespace
+
+    args = Namespace(train_split="train", val_split="val", batch_size=16, image_size=224, threads=0, fcos_flags="--p2")
+    cfg = bench.fcos_lib_config(tmp_path, args, 828, 0, tmp_path / "out")
+    assert cfg.with_p2 is True and cfg.iters == 828
+    args.fcos_flags = ""
+    assert bench.fcos_lib_config(tmp_path, args, 828, 0, tmp_path / "out").with_p2 is False
+
+
+def test_a_flag_the_command_lacks_fails_before_training(bench, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_vs_torchvision.py", "--fcos-flags=--p3"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    assert "--fcos-flags '--p3': not options of `python -m fcos_lib train`" in capsys.readouterr().err
