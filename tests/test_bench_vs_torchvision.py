@@ -31,12 +31,17 @@ def test_summary_of_a_wall_clock_only_run_judges_no_goal(bench, capsys):
     assert bench.chart_fields(result) == {}  # no equal-iteration runs: nothing for the README chart
 
 
-def test_wall_clock_only_needs_minutes(bench, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["bench_vs_torchvision.py", "--wall-clock-only"])
+@pytest.mark.parametrize("argv, message", [
+    (["--wall-clock-only"], "--wall-clock-only needs --minutes M"),
+    # a flag the command lacks fails before any training
+    (["--fcos-flags=--p3"], "--fcos-flags '--p3': not options of `python -m fcos_lib train`"),
+])
+def test_bad_arguments_stop_before_training(bench, monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(sys, "argv", ["bench_vs_torchvision.py", *argv])
     with pytest.raises(SystemExit) as exit_info:
         bench.main()
     assert exit_info.value.code == 2
-    assert "--wall-clock-only needs --minutes M" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_letters_is_a_held_out_choice(bench, monkeypatch, capsys):
@@ -68,10 +73,3 @@ def test_fcos_flags_reach_the_fcos_lib_command(bench, tmp_path):
     args.fcos_flags = ""
     assert bench.fcos_lib_config(tmp_path, args, 828, 0, tmp_path / "out").with_p2 is False
 
-
-def test_a_flag_the_command_lacks_fails_before_training(bench, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["bench_vs_torchvision.py", "--fcos-flags=--p3"])
-    with pytest.raises(SystemExit) as exit_info:
-        bench.main()
-    assert exit_info.value.code == 2
-    assert "--fcos-flags '--p3': not options of `python -m fcos_lib train`" in capsys.readouterr().err
