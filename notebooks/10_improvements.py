@@ -2312,9 +2312,10 @@ seed_table(("adopted, AdamW lr 2e-3, warm-up 250", "adopted, AdamW lr 2e-3, warm
 # - **`letters`, two seeds**: 0.124 (0.116-0.131) against 0.109 (0.108-0.110), ahead on both
 #   seeds (mAP@[.5:.95] 0.056 against 0.045): **1.42x** the peer's 0.087, from 1.25x.
 # - **`cells`, one seed so far**: 0.666 against 0.497 on seed 0 (mAP@[.5:.95] 0.478 against 0.331),
-#   2.07x the peer's 0.321 on one seed. The screen had p2 level here (0.133 against 0.131): at
-#   160 px and 300 iterations neither model had learnt the cells yet, and the screen's ranking did
-#   not hold at the full budget. A screen can miss a change as well as flatter one.
+#   2.07x the peer's 0.321 on one seed. The screen had p2 level here (0.133 against 0.131), with
+#   both models at a quarter of their full-budget mAP (likely too early to tell the two apart; not
+#   measured): the screen's ranking did not hold at the full budget. A screen can miss a change as
+#   well as flatter one.
 # - **The cost**: a training step takes **1.84x** as long (`bench/bench_train_step.py --no-peer --p2`:
 #   1951 against 1060 ms, batch 16, 224 px, the two models stepped in turn on the same batches):
 #   the head's eight convolutions run on p2's 3,136 locations (56 x 56) besides the 1,029 of p3-p5.
