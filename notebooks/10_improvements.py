@@ -2265,7 +2265,9 @@ switch_table(400)
 # sampling 1.5, the box placed off the grid):
 
 # %%
-LEVELS = {"p3-p5": {"p3": 8, "p4": 16, "p5": 32}, "p2-p5": {"p2": 4, "p3": 8, "p4": 16, "p5": 32}}
+from fcos_lib.backbone import FPN_STRIDES, P2_STRIDE  # chapter 01's strides, without p2 and with it
+
+LEVELS = {"p3-p5": dict(FPN_STRIDES), "p2-p5": {**P2_STRIDE, **FPN_STRIDES}}
 print(f"{'box side (px)':>14s}" + "".join(f"{name + ' positives':>18s}" for name in LEVELS))
 for side in (6, 10, 16, 24, 40):
     box = torch.tensor([[[101.3, 97.7, 101.3 + side, 97.7 + side, 0.0]]])  # (B=1, N=1, 5)
