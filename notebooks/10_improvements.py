@@ -2296,7 +2296,7 @@ seed_table(("adopted, AdamW lr 2e-3", "adopted, AdamW lr 2e-3 + p2"), ("aerial",
 # Then the default itself with p2, at the issue's budget (828 iterations, batch 16, 224 px), first
 # on the three datasets furthest from the goal, then on `signs` (`bench/ablations.py --budget full
 # --datasets aerial letters cells signs --rows "adopted, AdamW lr 2e-3, warm-up 250 + p2" --seeds 0
-# 1`; about 30 minutes a run here, so `tiles` has no full-budget run yet):
+# 1`; 22 to 33 minutes a run here, so `tiles` has no full-budget run yet):
 
 # %%
 seed_table(("adopted, AdamW lr 2e-3, warm-up 250", "adopted, AdamW lr 2e-3, warm-up 250 + p2", "torchvision FCOS"),
@@ -2340,8 +2340,8 @@ for row in ("default, peer's optimiser + EMA", "default, peer's optimiser + EMA 
 #   early to tell the two apart; not measured): the screen's ranking did not hold at the full
 #   budget. A screen can miss a change as well as flatter one.
 # - **`signs`, two seeds**: 0.595 (0.579-0.611) against 0.407 (0.388-0.425), ahead on both seeds
-#   (mAP@[.5:.95] 0.372 against 0.236): **2.15x** the peer's 0.277, from 1.47x. The screen had it
-#   ahead by less than half (0.031 to 0.044).
+#   (mAP@[.5:.95] 0.372 against 0.236): **2.15x** the peer's 0.277, from 1.47x. The screen's gain
+#   (0.031 to 0.044, two fifths) held at the full budget (nearly half).
 # - **The main job**: VOC07 mAP@0.5 0.751 (0.743-0.759) against 0.737 (0.731-0.744), AP50 0.770
 #   against 0.755, mAP@[.5:.95] 0.393 against 0.372 (table above). Ahead on seed 0 in all three; on
 #   seed 1 level at IoU 0.5 (0.743 against 0.744) and ahead at the tighter IoUs. The course's boxes
@@ -2356,8 +2356,9 @@ for row in ("default, peer's optimiser + EMA", "default, peer's optimiser + EMA 
 #   with little to spare.
 # - **Not adopted yet.** By this chapter's rule a change must win on every held-out dataset, two
 #   seeds each: p2 has that on four of five (`aerial`, `cells`, `letters`, `signs`), and on the main
-#   job's means; `tiles` is screened only (ahead on both seeds, 0.030 to 0.046). Its cost halves
-#   the main job's margin under 10 minutes. It is offered as an option, `--p2` (`with_p2=True`).
+#   job's means; `tiles` is screened only (ahead on both seeds, 0.030 to 0.046). With it the main
+#   job ends about a minute and a half inside its 10 minutes on this hour. It is offered as an
+#   option, `--p2` (`with_p2=True`).
 #   Next: `tiles` at the full budget (`bench/ablations.py --budget full --datasets tiles --rows
 #   "adopted, AdamW lr 2e-3, warm-up 250 + p2" --seeds 0 1`), then the choice between p2 by default
 #   and a cheaper p2 (fewer head convolutions on p2).
