@@ -2400,8 +2400,10 @@ for variant in ("default", "--p2"):
 # - **Not adopted as the default.** p2 is the better model per iteration and the worse one per
 #   minute, and the course's defaults are for runs a user times in minutes (the main job's ten).
 #   It stays an option, `--p2` (`with_p2=True`): for objects of a few pixels, when the run can be
-#   allowed twice the default's time. A p2 that costs less (fewer head convolutions, or the head
-#   on p2 alone narrower) is what could change this; it was not tried.
+#   allowed twice the default's time. A p2 that costs less is what could change this. Its cost
+#   alone is measured: with two convolutions in each head stem instead of four, p2's step is 1.5x
+#   the default's, not 2x (`bench/bench_train_step.py --no-peer --p2 --num-convs 2`: 0.66x the
+#   default's images/s, p2 with four 0.47x, same hour). Whether it keeps p2's gains is not measured.
 
 # %% [markdown]
 # ## Re-run one row
