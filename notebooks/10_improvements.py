@@ -2400,7 +2400,7 @@ for variant in ("default", "--p2"):
 #   train --data signs --iters 727 --batch-size 16 --image-size 224 --in-memory --device cpu --seed S`,
 #   and `--iters 366 --p2`; results in `bench/results/p2_equal_time.json`). The default's seed 0 ran
 #   slower than its step was timed (872 s of training against 648 for seed 1 and 580-602 for p2's),
-#   so it had more time; its seed 1, with 8 % more time than p2, still scored 0.311 against 0.191.
+#   so it had more time; its seed 1, with 8-12 % more time than p2's runs, still scored 0.311.
 #   Half the iterations costs more than the finer level gives: on this data mAP@0.5 is still climbing
 #   fast between 366 and 828 iterations.
 # - **Not adopted as the default.** p2 is the better model per iteration and the worse one per
@@ -2409,10 +2409,9 @@ for variant in ("default", "--p2"):
 #   allowed twice the default's time. A p2 that costs less is what could change this. Its cost
 #   alone is measured: with two convolutions in each head stem instead of four, p2's step is 1.5x
 #   the default's, not 2x (`bench/bench_train_step.py --no-peer --p2 --num-convs 2`: 0.66x the
-#   default's images/s, p2 with four 0.47x, same hour). Screened on the two datasets where p2's
-#   screen gained most and least at the full budget's scale (`bench/ablations.py --budget screen
-#   --datasets aerial signs --rows "adopted, AdamW lr 2e-3 + p2, 2 head convs" --seeds 0 1`, about
-#   2 minutes a run), against the p2 screen's rows above:
+#   default's images/s, p2 with four 0.47x, same hour). Screened on `aerial` and `signs`
+#   (`bench/ablations.py --budget screen --datasets aerial signs --rows "adopted, AdamW lr 2e-3 + p2,
+#   2 head convs" --seeds 0 1`, about 2 minutes a run), against the p2 screen's rows above:
 
 # %%
 seed_table(("adopted, AdamW lr 2e-3", "adopted, AdamW lr 2e-3 + p2", "adopted, AdamW lr 2e-3 + p2, 2 head convs"),
