@@ -193,8 +193,8 @@ class BackboneWithFPN(nn.Module):
             ImageNet for its checkpoint, pass pretrained=False, frozen_batchnorm=True.
 
         with_p2: add the level p2 (stride 4, from block1) below p3, for objects of a few pixels
-            (chapter 10). About 1.8x the training step's time at 224 px: the head runs on 4x the
-            locations of p3.
+            (chapter 10). About twice the training step's time at 224 px (bench/bench_train_step.py
+            --p2): the head runs on 4x the locations of p3.
 
     forward(images: (B, 3, H, W) float in [0, 1], H and W divisible by 32)
         -> {"p3": (B, F, H/8, W/8), "p4": (B, F, H/16, W/16), "p5": (B, F, H/32, W/32)},

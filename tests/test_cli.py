@@ -235,6 +235,7 @@ def test_no_flags_is_the_main_job():
     ([], ["--scale-jitter", "0.75", "1.25"], "scale_jitter", (0.75, 1.25)),
     ([], ["--assigner", "atss"], "assigner", "atss"),
     ([], ["--p2"], "with_p2", True),
+    ([], ["--head-convs", "2"], "num_convs", 2),
     ([], ["--threads", "1"], "num_threads", 1),
     ([], ["--cpu-bf16"], "cpu_bf16", True),
     ([], ["--weight-decay", "0.001"], "weight_decay", 0.001),
@@ -399,3 +400,5 @@ def test_a_bad_new_option_names_the_flag():
         cfg_of("--scale-jitter", "1.25", "0.75")
     with pytest.raises(ValueError, match="--ema-decay must be 'off' or a number in"):
         cfg_of("--ema-decay", "1.5")
+    with pytest.raises(ValueError, match="--head-convs must be an int >= 0"):
+        cfg_of("--head-convs", "-1")
