@@ -156,6 +156,9 @@ def _rows() -> "OrderedDict[str, dict]":
     rows["adopted, AdamW lr 2e-3, warm-up 250 + p2"] = {
         "base": "default", "what": "the default (AdamW lr 2e-3, warm-up 250) with the FPN level p2 (stride 4)",
         "changes": {**adopted_adamw, "lr": 2e-3, "warmup_iters": 250, "with_p2": True}}
+    rows["adopted, AdamW lr 2e-3, warm-up 250 + p2, 2 head convs"] = {
+        "base": "default", "what": "the full-budget p2 row with two 3x3 convolutions in each head stem, not four",
+        "changes": {**adopted_adamw, "lr": 2e-3, "warmup_iters": 250, "with_p2": True, "num_convs": 2}}
     # And p2 where the course's own run is short: the main job's recipe (SGD lr 0.01, EMA; 300
     # iterations) with it, run by bench/main_job.py. The course's boxes are larger (12 % under 16 px).
     rows["default, peer's optimiser + EMA + p2"] = {
