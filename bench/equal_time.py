@@ -114,14 +114,15 @@ def run_command(root: Path, iters: int, seed: int, flags: str, args, out: Path) 
 
 def summary(results: dict, dataset: str, variants: list[str]) -> str:
     """Per variant: iterations, training seconds (min-max), mAP@0.5 and mAP@[.5:.95] mean (min-max) over the seeds."""
-    lines = [f"{dataset:28s}{'iters':>6s}  {'train s':13s}{'mAP@0.5':>22s}{'mAP@[.5:.95]':>22s}"]
+    width = max(28, max(len(name) for name in variants) + 2)
+    lines = [f"{dataset:{width}s}{'iters':>6s}  {'train s':13s}{'mAP@0.5':>22s}{'mAP@[.5:.95]':>22s}"]
     for name in variants:
         found = [v for k, v in results["runs"].items() if k.startswith(f"{name} | {dataset} | seed ")]
         if not found:
-            lines.append(f"{name:28s}  not measured")
+            lines.append(f"{name:{width}s}  not measured")
             continue
         seconds = [f["train_seconds"] for f in found]
-        lines.append(f"{name:28s}{found[0]['iters']:6d}  {min(seconds):5.0f}-{max(seconds):<7.0f}"
+        lines.append(f"{name:{width}s}{found[0]['iters']:6d}  {min(seconds):5.0f}-{max(seconds):<7.0f}"
                      + "".join(f"{mean_range([f[k] for f in found]):>22s}" for k in ("map50", "map")))
     return "\n".join(lines)
 
