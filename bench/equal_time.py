@@ -46,6 +46,9 @@ from fcos_lib.heldout import DATASET_CLASSES, make_held_out_dataset  # noqa: E40
 
 RESULTS = Path(__file__).resolve().parent / "results" / "equal_time.json"
 UNTIMED_STEPS, TIMED_STEPS = 2, 10
+# What the script sets for every run: a variant that set one too would silently override it.
+FIXED_FLAGS = ("--data", "--iters", "--batch-size", "--image-size", "--in-memory", "--device", "--seed", "--out",
+               "--resume", "--overwrite")
 
 
 def variant_name(flags: str) -> str:
@@ -150,6 +153,12 @@ def main() -> None:
     untimed, timed = args.timing_steps
     if untimed < 1 or timed < 1:
         parser.error("--timing-steps needs two counts >= 1")
+    for flags in args.variants:
+        fixed = [f for f in shlex.split(flags) if f.split("=")[0] in FIXED_FLAGS]
+        if fixed:
+            parser.error(f"the variant {flags!r} sets {', '.join(fixed)}, which this script sets for every run. "
+                         "Fix: leave it out of the variant (use --iters, --seeds, --batch-size, --image-size, "
+                         "--device or --data of this script)")
     names = [variant_name(v) for v in args.variants]
     if len(set(names)) != len(names):
         parser.error(f"a variant is given twice: {names}")
@@ -168,9 +177,9 @@ def main() -> None:
             ref_s = step_seconds(root, reference, args, out / "timing")
             var_s = step_seconds(root, flags, args, out / "timing")
             known = {"reference": names[0], "reference_step_seconds": round(ref_s, 4),
-                                    "step_seconds": round(var_s, 4), "how": f"{untimed} + {timed} steps, "
-                                    f"batch {args.batch_size}, {args.image_size} px, {args.device}",
-                                    "measured": time.strftime("%Y-%m-%d %H:%M")}
+                     "step_seconds": round(var_s, 4),
+                     "how": f"{untimed} + {timed} steps, batch {args.batch_size}, {args.image_size} px, {args.device}",
+                     "measured": time.strftime("%Y-%m-%d %H:%M")}
             results = store_timing(path, dataset, name, known)  # now: an interrupted call keeps it
         ratio = known["reference_step_seconds"] / known["step_seconds"]
         iters[name] = max(1, math.floor(args.iters * ratio))

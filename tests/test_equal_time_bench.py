@@ -52,3 +52,10 @@ def test_a_missing_dataset_folder_is_named(tmp_path):
                              "--iters", "4", "--", "", "--p2"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "neither a held-out dataset" in result.stderr and "Fix:" in result.stderr
+
+
+def test_a_variant_may_not_set_what_the_script_sets_for_every_run(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCH / "equal_time.py"), "--data", str(tmp_path), "--iters", "4",
+                             "--", "", "--p2 --iters=100"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "sets --iters=100, which this script sets for every run" in result.stderr and "Fix:" in result.stderr
