@@ -69,15 +69,17 @@ def resolve_data(data: str) -> tuple[str, Path]:
 
 def train_argv(root: Path, iters: int, seed: int, flags: str, args) -> list[str]:
     """The `python -m fcos_lib train` arguments of one run (without --out)."""
-    shown = str(root).replace(str(Path.home()), "~", 1)
-    return ["train", "--data", shown, "--iters", str(iters), "--batch-size", str(args.batch_size),
+    return ["train", "--data", str(root), "--iters", str(iters), "--batch-size", str(args.batch_size),
             "--image-size", str(args.image_size), "--in-memory", "--device", args.device, "--seed", str(seed),
             *shlex.split(flags)]
 
 
 def shown_command(argv: list[str]) -> str:
-    """The command line as a user types it: shell-quoted, with a home-relative ~/ path left unquoted."""
+    """The command line as a user types it: shell-quoted, a path under the home folder written ~/..."""
+    home = str(Path.home()) + "/"
+
     def quoted(arg):
+        arg = "~/" + arg[len(home):] if arg.startswith(home) else arg
         return "~/" + shlex.quote(arg[2:]) if arg.startswith("~/") else shlex.quote(arg)
     return "python -m fcos_lib " + " ".join(quoted(a) for a in argv)
 
@@ -98,7 +100,6 @@ def step_seconds(root: Path, flags: str, args, out: Path) -> float:
 
     def seconds(n: int) -> float:
         argv = train_argv(root, n, args.seeds[0], flags, args)
-        argv[argv.index("--data") + 1] = str(root)
         cfg = config_from_args(build_parser().parse_args([*argv, "--out", str(out)]))
         return train(cfg, progress=False, overwrite=True)["train_seconds"]
 
@@ -109,7 +110,6 @@ def step_seconds(root: Path, flags: str, args, out: Path) -> float:
 def run_command(root: Path, iters: int, seed: int, flags: str, args, out: Path) -> dict:
     """Run the command in its own process; return its metrics.json."""
     argv = train_argv(root, iters, seed, flags, args)
-    argv[argv.index("--data") + 1] = str(root)
     subprocess.run([sys.executable, "-m", "fcos_lib", *argv, "--out", str(out), "--overwrite"], check=True,
                    stdout=subprocess.DEVNULL)
     return json.loads((out / "metrics.json").read_text())
