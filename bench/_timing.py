@@ -31,3 +31,27 @@ def median_seconds_pair(fn_a, fn_b, repeats: int, sync) -> tuple[float, float]:
         times_a.append(median_seconds(fn_a, 1, sync))
         times_b.append(median_seconds(fn_b, 1, sync))
     return statistics.median(times_a), statistics.median(times_b)
+
+
+class TimingNoiseError(RuntimeError):
+    """The timed steps took no measurable time: the machine's noise is larger than they are."""
+
+
+def seconds_per_step(run_seconds, untimed: int, timed: int, tries: int = 3) -> float:
+    """Seconds per step from fresh runs: (time of untimed + timed steps - time of untimed steps) / timed.
+
+    `run_seconds(n)` runs n steps from scratch and returns how long they took. Subtracting the short
+    run cancels the one-off costs of the first steps (workers, allocator, caches). When the machine's
+    noise is larger than the timed steps the difference can come out <= 0; the pair is then run
+    again, and after `tries` such pairs this raises TimingNoiseError instead of returning a made-up time.
+    """
+    differences = []
+    for _ in range(tries):
+        difference = run_seconds(untimed + timed) - run_seconds(untimed)
+        if difference > 0:
+            return difference / timed
+        differences.append(round(difference, 4))
+    raise TimingNoiseError(
+        f"{timed} timed steps took no measurable time beyond {untimed} untimed ones in {tries} tries "
+        f"(differences {differences} s): the machine's noise is larger than the steps. "
+        "Fix: time more steps, and run nothing else on the machine meanwhile.")

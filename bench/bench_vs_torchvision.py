@@ -94,6 +94,8 @@ from fcos_lib.inference import NMS_THRESH
 from fcos_lib.train import train
 from fcos_lib.voc import read_class_names
 
+from _timing import TimingNoiseError, seconds_per_step
+
 RESULTS = Path(__file__).resolve().parent / "results" / "vs_torchvision.json"
 GOAL_RATIO = 1.5
 GOAL_BUDGET = {"iters": 828, "batch_size": 16, "image_size": 224, "min_seeds": 2}
@@ -143,7 +145,7 @@ def run_torchvision(train_set: VOCDataset, args, iters: int, seed: int, val: VOC
 def step_seconds(root: Path, train_set: VOCDataset, args, out: Path) -> dict:
     """Seconds per training step of each detector: (time of 2 + 10 steps - time of 2 steps) / 10,
     each a fresh run from scratch (so the first steps' one-off costs cancel), seed = the first seed."""
-    seed, n0, n1 = args.seeds[0], UNTIMED_STEPS, UNTIMED_STEPS + TIMED_STEPS
+    seed = args.seeds[0]
 
     def ours(n):
         cfg = fcos_lib_config(root, args, n, seed, out / "timing_fcos_lib")
@@ -154,10 +156,8 @@ def step_seconds(root: Path, train_set: VOCDataset, args, out: Path) -> dict:
         model = build_peer(len(train_set.class_names), args.image_size)
         return n * args.batch_size / train_peer(model, train_set, n, args.batch_size, seed)
 
-    result = {}
-    for name, timed in (("fcos_lib", ours), ("torchvision", peer)):
-        result[name] = max((timed(n1) - timed(n0)) / TIMED_STEPS, 1e-6)
-    return result
+    return {name: seconds_per_step(timed, UNTIMED_STEPS, TIMED_STEPS)
+            for name, timed in (("fcos_lib", ours), ("torchvision", peer))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,9 +341,12 @@ def main() -> None:
         budgets = [] if args.wall_clock_only else [("equal_iters", {"fcos_lib": args.iters, "torchvision": args.iters})]
         if args.minutes is not None:
             print(f"{name}: timing {UNTIMED_STEPS} + {TIMED_STEPS} steps of each detector ...", flush=True)
-            step = step_seconds(root, train_set, args, out / name)
+            try:
+                step = step_seconds(root, train_set, args, out / name)
+            except TimingNoiseError as err:
+                parser.exit(2, f"error: timing on {name}: {err}\n")
             iters = {who: max(1, math.floor(args.minutes * 60 / step[who])) for who in DETECTORS}
-            entry["equal_time"] = {"minutes": args.minutes, "step_seconds": {w: round(s, 4) for w, s in step.items()},
+            entry["equal_time"] = {"minutes": args.minutes, "step_seconds": {w: float(f"{s:.4g}") for w, s in step.items()},
                                    "iters": iters, "runs": []}
             print(f"{name}: step seconds fcos_lib {step['fcos_lib']:.3f}, torchvision {step['torchvision']:.3f} -> "
                   f"in {args.minutes:g} min: fcos_lib {iters['fcos_lib']} iterations, torchvision {iters['torchvision']}",

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import TimingNoiseError, seconds_per_step  # noqa: E402
 from ablations import mean_range, store_run  # noqa: E402
 from fcos_lib.cli import build_parser, config_from_args  # noqa: E402
 from fcos_lib.heldout import DATASET_CLASSES, make_held_out_dataset  # noqa: E402
@@ -49,6 +50,11 @@ UNTIMED_STEPS, TIMED_STEPS = 2, 10
 # What the script sets for every run: a variant that set one too would silently override it.
 FIXED_FLAGS = ("--data", "--iters", "--batch-size", "--image-size", "--in-memory", "--device", "--seed", "--out",
                "--resume", "--overwrite")
+
+
+def significant(seconds: float) -> float:
+    """`seconds` to 4 significant figures (a fixed number of decimals would round a fast step to 0)."""
+    return float(f"{seconds:.4g}")
 
 
 def variant_name(flags: str) -> str:
@@ -95,7 +101,8 @@ def store_timing(path: Path, dataset: str, name: str, entry: dict) -> dict:
 
 
 def step_seconds(root: Path, flags: str, args, out: Path) -> float:
-    """Seconds per training step of `flags`: (time of 2 + 10 steps - time of 2 steps) / 10, fresh runs."""
+    """Seconds per training step of `flags`: (time of 2 + 10 steps - time of 2 steps) / 10, fresh runs
+    (`--timing-steps` sets 2 and 10)."""
     from fcos_lib.train import train
 
     def seconds(n: int) -> float:
@@ -103,8 +110,7 @@ def step_seconds(root: Path, flags: str, args, out: Path) -> float:
         cfg = config_from_args(build_parser().parse_args([*argv, "--out", str(out)]))
         return train(cfg, progress=False, overwrite=True)["train_seconds"]
 
-    untimed, timed = args.timing_steps
-    return max((seconds(untimed + timed) - seconds(untimed)) / timed, 1e-6)
+    return seconds_per_step(seconds, *args.timing_steps)
 
 
 def run_command(root: Path, iters: int, seed: int, flags: str, args, out: Path) -> dict:
@@ -174,16 +180,19 @@ def main() -> None:
         known = timing.get(name)
         if args.retime or known is None or known.get("reference") != names[0]:
             print(f"timing {names[0]!r} and {name!r}: {untimed} + {timed} steps each ...", flush=True)
-            ref_s = step_seconds(root, reference, args, out / "timing")
-            var_s = step_seconds(root, flags, args, out / "timing")
-            known = {"reference": names[0], "reference_step_seconds": round(ref_s, 4),
-                     "step_seconds": round(var_s, 4),
+            try:
+                ref_s = step_seconds(root, reference, args, out / "timing")
+                var_s = step_seconds(root, flags, args, out / "timing")
+            except TimingNoiseError as err:
+                parser.exit(2, f"error: timing {name!r}: {err} (--timing-steps {untimed} {2 * timed}, say)\n")
+            known = {"reference": names[0], "reference_step_seconds": significant(ref_s),
+                     "step_seconds": significant(var_s),
                      "how": f"{untimed} + {timed} steps, batch {args.batch_size}, {args.image_size} px, {args.device}",
                      "measured": time.strftime("%Y-%m-%d %H:%M")}
             results = store_timing(path, dataset, name, known)  # now: an interrupted call keeps it
         ratio = known["reference_step_seconds"] / known["step_seconds"]
         iters[name] = max(1, math.floor(args.iters * ratio))
-        print(f"{name!r}: step {known['step_seconds']:.3f} s against {known['reference_step_seconds']:.3f} s "
+        print(f"{name!r}: step {known['step_seconds']:.4g} s against {known['reference_step_seconds']:.4g} s "
               f"-> {iters[name]} iterations in the time of {args.iters}", flush=True)
 
     for seed in args.seeds:
