@@ -14,9 +14,10 @@ measures that second comparison.
   trains for as many iterations as take the same time, `--iters` x (reference step / its step).
 - The two steps are timed in the same call, back to back, each as (time of 2 + 10 steps - time of
   2 steps) / 10 of a fresh run (the first steps' one-off costs cancel; bench_vs_torchvision.py's
-  method). The timing runs are short, so they step with SGD where a long run may use AdamW: its
-  extra cost is a few per cent of a step. A variant timed before keeps its timing (`--retime`
-  times it again), so adding a variant reruns nothing else.
+  method; a difference that noise makes <= 0 is timed again, and after three such tries the
+  script stops and says so). The timing runs are short, so they step with SGD where a long run
+  may use AdamW: its extra cost is a few per cent of a step. A variant timed before keeps its
+  timing (`--retime` times it again), so adding a variant reruns nothing else.
 - Every run is the command a user types, in its own process:
   `python -m fcos_lib train --data DIR --iters N --batch-size 16 --image-size 224 --in-memory
   --device cpu --seed S FLAGS`. Its metrics.json gives mAP@0.5 and the seconds the training
