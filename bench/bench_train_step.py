@@ -20,6 +20,7 @@ with the default one, and print its images/s as a ratio to the default's, and bo
 `--p2` (chapter 10) builds the second model with the FPN level p2 (stride 4), and `--num-convs N`
 with N 3x3 convolutions in each head stem (4, the paper's, by default): other weights, since
 they have other shapes. The two combine: `--p2 --num-convs 2` is p2 with a lighter head.
+`--c2-passthrough` (chapter 10) builds it with c2's pixels stacked into p3 instead of p2.
 """
 from __future__ import annotations
 
@@ -52,9 +53,13 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="trial: bfloat16 autocast (CPU or CUDA)")
     parser.add_argument("--compile", action="store_true", help="trial: torch.compile the model")
     parser.add_argument("--p2", action="store_true", help="trial: the FPN level p2 (stride 4) added")
+    parser.add_argument("--c2-passthrough", action="store_true",
+                        help="trial: c2's 2x2 blocks of pixels stacked into p3 (chapter 10), not with --p2")
     parser.add_argument("--num-convs", type=int, default=None, metavar="N",
                         help="trial: N 3x3 convolutions in each head stem instead of 4")
     args = parser.parse_args()
+    if args.p2 and args.c2_passthrough:
+        parser.error("--p2 and --c2-passthrough are two uses of block1; pick one")
     device = torch.device(args.device)
     sync = device_sync(device)
 
@@ -81,7 +86,8 @@ def main() -> None:
     model = FCOS(len(dataset.class_names)).to(device).train()
     optimizer = build_optimizer(model, improved_recipe())
     peer_step = None if args.no_peer else make_peer_step(len(dataset.class_names), args.image_size, device)
-    any_trial = args.channels_last or args.bf16 or args.compile or args.p2 or args.num_convs is not None
+    any_trial = (args.channels_last or args.bf16 or args.compile or args.p2 or args.c2_passthrough
+                 or args.num_convs is not None)
     trial_step = make_trial_step(model, args, device) if any_trial else None
     steps, peer_steps, trial_steps, losses_seen = [], [], [], []
     for step in range(2 + args.steps):
@@ -141,6 +147,7 @@ def main() -> None:
         trial = statistics.median(trial_steps)
         name = "+".join(n for n, on in (("channels-last", args.channels_last), ("bf16", args.bf16),
                                         ("compile", args.compile), ("p2", args.p2),
+                                        ("c2 passthrough", args.c2_passthrough),
                                         (f"{args.num_convs} head convs", args.num_convs is not None)) if on)
         print(f"trial {name}: {trial * 1000:.0f} ms per step -> {args.batch_size / trial:.1f} images/s, "
               f"{(step - med['data']) / trial:.2f}x the default step without data loading")
@@ -154,10 +161,11 @@ def make_trial_step(reference: FCOS, args, device: torch.device):
     """One training step of a copy of `reference` with the trial changes: f(images, gt_boxes, sync) -> (s, loss)."""
     import copy
 
-    if args.p2 or args.num_convs is not None:
+    if args.p2 or args.c2_passthrough or args.num_convs is not None:
         torch.manual_seed(0)
         num_convs = 4 if args.num_convs is None else args.num_convs
-        model = FCOS(reference.num_classes, with_p2=args.p2, num_convs=num_convs).to(device).train()
+        model = FCOS(reference.num_classes, with_p2=args.p2, c2_passthrough=args.c2_passthrough,
+                     num_convs=num_convs).to(device).train()
     else:
         model = copy.deepcopy(reference)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format

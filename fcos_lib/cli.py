@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--p2", action="store_true", default=None,
                    help="add the FPN level p2 (stride 4) for objects of a few pixels: about twice the time per step "
                         "(chapter 10; default: off)")
+    t.add_argument("--c2-passthrough", action="store_true", default=None,
+                   help="give p3 the detail of the stride-4 stage instead: its 2x2 blocks of pixels stacked as "
+                        "channels beside c3 (YOLOv2's passthrough layer); the levels stay p3-p5 (chapter 10; "
+                        "default: off; not with --p2)")
     t.add_argument("--head-convs", type=int, metavar="N",
                    help="3x3 convolutions in each head stem (default: 4, the paper's); with --p2, 2 makes its step "
                         "about 1.5x the default's instead of 2x (chapter 10)")
@@ -204,6 +208,7 @@ _TRAIN_FLAGS = {
     "ema_decay": "ema_decay", "scale_jitter": "scale_jitter", "assigner": "assigner", "threads": "num_threads",
     "cpu_bf16": "cpu_bf16", "optimizer": "optimizer", "weight_decay": "weight_decay", "schedule": "schedule",
     "hflip": "hflip", "steps": "steps", "warmup_iters": "warmup_iters", "p2": "with_p2", "head_convs": "num_convs",
+    "c2_passthrough": "c2_passthrough",
 }
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     centerness_on: str = "reg"       # the stem that predicts centerness: "reg" or "cls" (the paper's §3.3)
     assigner: str = "fcos"           # positive locations: "fcos" (chapter 04) or "atss" (chapter 10)
     with_p2: bool = False            # an FPN level p2 at stride 4, for objects of a few pixels (chapter 10)
+    c2_passthrough: bool = False     # block1's detail (stride 4) stacked into p3 instead (chapters 01, 10)
     # optimisation
     iters: int = 9000
     batch_size: int = 16
@@ -112,6 +113,7 @@ _CONFIG_RULES = {
     "centerness_on": ("'reg' or 'cls'", lambda v: v in ("reg", "cls")),
     "assigner": ("'fcos' or 'atss'", lambda v: v in ("fcos", "atss")),
     "with_p2": ("True or False", lambda v: isinstance(v, bool)),
+    "c2_passthrough": ("True or False", lambda v: isinstance(v, bool)),
     "scale_jitter": ("None or (lo, hi) with 0 < lo <= hi", lambda v: v is None or (
         len(v) == 2 and all(isinstance(f, (int, float)) and math.isfinite(f) for f in v) and 0 < v[0] <= v[1])),
     "ema_decay": ("None or a number in (0, 1)", lambda v: v is None or (isinstance(v, (int, float)) and 0 < v < 1)),
@@ -136,6 +138,9 @@ def check_config(cfg: "TrainConfig") -> None:
             fine = False
         if not fine:
             raise ValueError(f"TrainConfig.{name} must be {allowed}, got {value!r}")
+    if cfg.with_p2 and cfg.c2_passthrough:
+        raise ValueError("TrainConfig.with_p2 and c2_passthrough are two uses of block1 (its own level p2, or its "
+                         "detail in p3); got both. Fix: pick one (--p2 or --c2-passthrough).")
 
 
 # Fields that may change between a run and its resume: where and how it runs, not what it learns.

@@ -111,6 +111,8 @@ class FCOS(nn.Module):
             level's scale range, centre sampling) or "atss" (adaptive training sample selection,
             Zhang et al. 2020, taught in chapter 10; center_sampling_radius is not used).
         with_p2: add the FPN level p2 (stride 4) below p3, for objects of a few pixels (chapter 10).
+        c2_passthrough: give p3 the detail of block1 (stride 4) instead, stacked into c3
+            (chapter 01's stack_c2_into_c3; chapter 10). Not together with with_p2.
 
     forward(images (B, 3, H, W) float in [0, 1], H and W divisible by 32, gt_boxes (B, N, 5))
         training mode: dict(loss_cls, loss_box, loss_ctr) (gt_boxes required);
@@ -122,7 +124,7 @@ class FCOS(nn.Module):
                  frozen_batchnorm: bool | None = None, use_groupnorm: bool = True,
                  center_sampling_radius: float | None = 1.5, box_loss: str = "giou",
                  box_activation: str = "exp", centerness_on: str = "reg", assigner: str = "fcos",
-                 with_p2: bool = False):
+                 with_p2: bool = False, c2_passthrough: bool = False):
         super().__init__()
         # Every argument first, before the backbone is built (the checks of chapter 01).
         num_classes = check_int(num_classes, "num_classes (the object classes, no background class)")
@@ -144,7 +146,8 @@ class FCOS(nn.Module):
         self.box_loss = box_loss
         self.backbone = BackboneWithFPN(out_channels=fpn_channels, pretrained=pretrained_backbone,
                                         trainable_layers=trainable_backbone_layers,
-                                        frozen_batchnorm=frozen_batchnorm, with_p2=with_p2)
+                                        frozen_batchnorm=frozen_batchnorm, with_p2=with_p2,
+                                        c2_passthrough=c2_passthrough)
         self.head = FCOSHead(num_classes, in_channels=fpn_channels, num_convs=num_convs,
                              use_groupnorm=use_groupnorm, box_activation=box_activation,
                              centerness_on=centerness_on)

@@ -504,6 +504,19 @@ def check_images(images) -> None:
         )
 
 
+def stack_c2_into_c3(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """c2's detail at c3's stride: each 2 x 2 block of c2's pixels becomes 4 x C2 channels beside c3.
+
+    {"c2": (B, C2, H/4, W/4), "c3": (B, C3, H/8, W/8), ...} -> {"c3": (B, C3 + 4 C2, H/8, W/8), ...}
+    (the other levels unchanged). Space-to-depth (torch's pixel_unshuffle), YOLOv2's "passthrough
+    layer" (Redmon and Farhadi 2017, §2 "Fine-Grained Features").
+    """
+    feats = dict(feats)
+    c2 = feats.pop("c2")
+    feats["c3"] = torch.cat([feats["c3"], nn.functional.pixel_unshuffle(c2, downscale_factor=2)], dim=1)
+    return feats
+
+
 class BackboneWithFPN(nn.Module):
     """RegNetX-400MF trunk (c3, c4, c5) followed by a standard FPN (p3, p4, p5).
 
@@ -522,6 +535,10 @@ class BackboneWithFPN(nn.Module):
         with_p2: add the level p2 (stride 4, from block1) below p3, for objects of a few pixels
             (chapter 10). About twice the training step's time at 224 px (bench/bench_train_step.py
             --p2): the head runs on 4x the locations of p3.
+        c2_passthrough: give p3 block1's detail instead, at p3's cost: c2 at stride 4, its 2 x 2
+            blocks stacked as channels (stack_c2_into_c3), joins c3 in p3's lateral convolution
+            (chapter 10). The levels stay p3-p5; one 1x1 convolution gets 4 x 32 more inputs.
+            Not together with with_p2 (both take block1: pick one).
 
     forward(images: (B, 3, H, W) float in [0, 1], H and W divisible by 32)
         -> {"p3": (B, F, H/8, W/8), "p4": (B, F, H/16, W/16), "p5": (B, F, H/32, W/32)},
@@ -529,11 +546,15 @@ class BackboneWithFPN(nn.Module):
     """
 
     def __init__(self, out_channels: int = 64, pretrained: bool = False, trainable_layers: int | None = None,
-                 frozen_batchnorm: bool | None = None, with_p2: bool = False):
+                 frozen_batchnorm: bool | None = None, with_p2: bool = False, c2_passthrough: bool = False):
         super().__init__()
         out_channels = check_int(out_channels, "out_channels")  # before the trunk is built: fail fast
         check_flag(pretrained, "pretrained")
         check_flag(with_p2, "with_p2")
+        check_flag(c2_passthrough, "c2_passthrough")
+        if with_p2 and c2_passthrough:
+            raise ValueError("with_p2 and c2_passthrough are two uses of block1 (its own level p2, or its detail "
+                             "in p3); got both. Fix: pick one (--p2 or --c2-passthrough).")
         if frozen_batchnorm is None:
             frozen_batchnorm = pretrained
         check_flag(frozen_batchnorm, "frozen_batchnorm")
@@ -558,12 +579,17 @@ class BackboneWithFPN(nn.Module):
             regnet.get_submodule(stage).requires_grad_(False)
         self.trainable_layers = trainable_layers
         self.frozen_batchnorm = frozen_batchnorm
-        return_nodes = {**P2_RETURN_NODE, **RETURN_NODES} if with_p2 else RETURN_NODES  # finest first
+        uses_c2 = with_p2 or c2_passthrough
+        return_nodes = {**P2_RETURN_NODE, **RETURN_NODES} if uses_c2 else RETURN_NODES  # finest first
         self.backbone_channels = {
             level: stage_out_channels(regnet.get_submodule(node)) for node, level in return_nodes.items()
-        }  # {"c3": 64, "c4": 160, "c5": 400}, and "c2": 32 first with p2
+        }  # {"c3": 64, "c4": 160, "c5": 400}, and "c2": 32 first with p2 or the passthrough
         self.body = create_feature_extractor(regnet, return_nodes)  # shares regnet's modules
-        self.fpn = FPN(self.backbone_channels, out_channels)
+        fpn_inputs = dict(self.backbone_channels)
+        if c2_passthrough:  # c2 is no level of its own: its 2 x 2 blocks join c3
+            fpn_inputs["c3"] += 4 * fpn_inputs.pop("c2")
+        self.c2_passthrough = c2_passthrough
+        self.fpn = FPN(fpn_inputs, out_channels)
         self.out_channels = out_channels
         self.strides = {**P2_STRIDE, **FPN_STRIDES} if with_p2 else dict(FPN_STRIDES)
         # Not saved in checkpoints (persistent=False): constants, not learned state.
@@ -573,7 +599,10 @@ class BackboneWithFPN(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         check_images(images)
         x = (images - self.mean) / self.std  # (B, 3, H, W), ImageNet-normalised
-        return self.fpn(self.body(x))
+        feats = self.body(x)
+        if self.c2_passthrough:
+            feats = stack_c2_into_c3(feats)
+        return self.fpn(feats)
 
 # %% [markdown]
 # Check: a non-square batch gives every level at exactly `H/stride x W/stride`, and a size
@@ -602,6 +631,28 @@ with torch.no_grad():
     p2_pyramid = BackboneWithFPN(out_channels=64, with_p2=True)(images)
 print({p: tuple(x.shape) for p, x in p2_pyramid.items()})
 assert list(p2_pyramid) == ["p2", "p3", "p4", "p5"] and p2_pyramid["p2"].shape == (2, 64, 160 // 4, 224 // 4)
+
+# %% [markdown]
+# `c2_passthrough=True` is a cheaper way to give p3 some of that detail, YOLOv2's "passthrough
+# layer": the levels stay p3-p5, and c2's pixels join c3 before p3's lateral 1x1 convolution.
+# Each 2 x 2 block of c2 becomes one location with 4 x 32 channels (space-to-depth), so no pixel
+# is lost and nothing is averaged. Check: the shapes, and where one pixel of c2 lands.
+
+# %%
+c2 = torch.randn(2, 32, 40, 56)  # (B, C2, H/4, W/4) for a 160 x 224 batch
+stacked = stack_c2_into_c3({"c2": c2, "c3": torch.randn(2, 64, 20, 28)})
+print({level: tuple(x.shape) for level, x in stacked.items()})
+assert stacked["c3"].shape == (2, 64 + 4 * 32, 20, 28)
+# c2's pixel (row 2i + di, column 2j + dj) of channel k lands at c3's location (i, j), channel
+# 64 + 4k + 2di + dj: the four pixels of a block sit next to each other.
+i, j, di, dj, k = 3, 5, 1, 0, 7
+assert stacked["c3"][0, 64 + 4 * k + 2 * di + dj, i, j] == c2[0, k, 2 * i + di, 2 * j + dj]
+with torch.no_grad():
+    passthrough_model = BackboneWithFPN(out_channels=64, c2_passthrough=True)
+    passthrough_pyramid = passthrough_model(images)
+print({p: tuple(x.shape) for p, x in passthrough_pyramid.items()}, "p3's lateral takes",
+      passthrough_model.fpn.lateral["p3"].in_channels, "channels")
+assert {p: x.shape for p, x in passthrough_pyramid.items()} == {p: x.shape for p, x in pyramid.items()}
 
 # %% [markdown]
 # ## Fine-tuning from ImageNet: frozen BatchNorm, frozen first stages

@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from fcos_lib.backbone import STAGES, FPN, BackboneWithFPN, check_images, make_regnet_x_400mf
+from fcos_lib.backbone import STAGES, FPN, BackboneWithFPN, check_images, make_regnet_x_400mf, stack_c2_into_c3
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +306,35 @@ def test_with_p2_adds_a_stride_4_level_in_front(H, W):
 def test_with_p2_must_be_a_bool():
     with pytest.raises(ValueError, match="with_p2 must be True or False"):
         BackboneWithFPN(out_channels=16, with_p2="False")
+
+
+def test_stack_c2_into_c3_moves_each_2x2_block_of_c2_into_channels_beside_c3():
+    c2, c3 = torch.randn(2, 3, 8, 12), torch.randn(2, 5, 4, 6)
+    c4 = torch.randn(2, 7, 2, 3)
+    stacked = stack_c2_into_c3({"c2": c2, "c3": c3, "c4": c4})
+    assert list(stacked) == ["c3", "c4"] and stacked["c4"] is c4
+    assert torch.equal(stacked["c3"][:, :5], c3)
+    # The block at (i, j): channel k's pixels (2i, 2j), (2i, 2j+1), (2i+1, 2j), (2i+1, 2j+1), in that order.
+    blocks = c2.reshape(2, 3, 4, 2, 6, 2).permute(0, 1, 3, 5, 2, 4).reshape(2, 12, 4, 6)
+    assert torch.equal(stacked["c3"][:, 5:], blocks)
+
+
+@pytest.mark.parametrize("H, W", [(160, 224), (64, 96)])
+def test_c2_passthrough_keeps_the_levels_and_widens_p3s_lateral(H, W):
+    torch.manual_seed(0)
+    model = BackboneWithFPN(out_channels=16, c2_passthrough=True)
+    assert model.strides == {"p3": 8, "p4": 16, "p5": 32}
+    assert model.fpn.lateral["p3"].in_channels == 64 + 4 * 32 and model.fpn.lateral["p4"].in_channels == 160
+    pyramid = model(torch.rand(1, 3, H, W))
+    assert list(pyramid) == ["p3", "p4", "p5"]
+    for level, x in pyramid.items():
+        assert x.shape == (1, 16, H // model.strides[level], W // model.strides[level])
+    pyramid["p3"].sum().backward()  # block1 now reaches p3 through the passthrough too
+    assert model.fpn.lateral["p3"].weight.grad[:, 64:].abs().sum() > 0
+
+
+def test_c2_passthrough_is_a_bool_and_not_with_p2():
+    with pytest.raises(ValueError, match="c2_passthrough must be True or False"):
+        BackboneWithFPN(out_channels=16, c2_passthrough=1)
+    with pytest.raises(ValueError, match=r"with_p2 and c2_passthrough .* Fix: pick one"):
+        BackboneWithFPN(out_channels=16, with_p2=True, c2_passthrough=True)

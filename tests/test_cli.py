@@ -235,6 +235,7 @@ def test_no_flags_is_the_main_job():
     ([], ["--scale-jitter", "0.75", "1.25"], "scale_jitter", (0.75, 1.25)),
     ([], ["--assigner", "atss"], "assigner", "atss"),
     ([], ["--p2"], "with_p2", True),
+    ([], ["--c2-passthrough"], "c2_passthrough", True),
     ([], ["--head-convs", "2"], "num_convs", 2),
     ([], ["--threads", "1"], "num_threads", 1),
     ([], ["--cpu-bf16"], "cpu_bf16", True),

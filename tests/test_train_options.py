@@ -355,6 +355,18 @@ def test_p2_run_rebuilds_from_its_checkpoint(tiny_data, tmp_path):
         TrainConfig(with_p2="yes")
 
 
+def test_c2_passthrough_run_rebuilds_from_its_checkpoint(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path, iters=1, c2_passthrough=True), progress=False)
+    model, state = model_from_checkpoint(tmp_path / "last.pt")
+    assert state["config"]["c2_passthrough"] is True and list(model.strides) == ["p3", "p4", "p5"]
+    assert model.backbone.fpn.lateral["p3"].in_channels == 64 + 4 * 32
+    old = dataclasses.asdict(TrainConfig())
+    del old["c2_passthrough"]  # a checkpoint from before the option: it meant no passthrough
+    assert config_differences(old, TrainConfig(c2_passthrough=True)) == {"c2_passthrough": (False, True)}
+    with pytest.raises(ValueError, match=r"TrainConfig\.with_p2 and c2_passthrough .* Fix: pick one"):
+        TrainConfig(with_p2=True, c2_passthrough=True)
+
+
 def test_model_rejects_unknown_options():
     with pytest.raises(ValueError, match="box_activation"):
         FCOS(3, fpn_channels=16, num_convs=1, box_activation="tanh")
