@@ -33,6 +33,11 @@ def median_seconds_pair(fn_a, fn_b, repeats: int, sync) -> tuple[float, float]:
     return statistics.median(times_a), statistics.median(times_b)
 
 
+def significant(seconds: float) -> float:
+    """`seconds` to 4 significant figures, for a results file (a fixed number of decimals would round a fast step to 0)."""
+    return float(f"{seconds:.4g}")
+
+
 class TimingNoiseError(RuntimeError):
     """The timed steps took no measurable time: the machine's noise is larger than they are."""
 

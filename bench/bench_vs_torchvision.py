@@ -94,7 +94,7 @@ from fcos_lib.inference import NMS_THRESH
 from fcos_lib.train import train
 from fcos_lib.voc import read_class_names
 
-from _timing import TimingNoiseError, seconds_per_step
+from _timing import TimingNoiseError, seconds_per_step, significant
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vs_torchvision.json"
 GOAL_RATIO = 1.5
@@ -346,7 +346,7 @@ def main() -> None:
             except TimingNoiseError as err:
                 parser.exit(2, f"error: timing on {name}: {err}\n")
             iters = {who: max(1, math.floor(args.minutes * 60 / step[who])) for who in DETECTORS}
-            entry["equal_time"] = {"minutes": args.minutes, "step_seconds": {w: float(f"{s:.4g}") for w, s in step.items()},
+            entry["equal_time"] = {"minutes": args.minutes, "step_seconds": {w: significant(s) for w, s in step.items()},
                                    "iters": iters, "runs": []}
             print(f"{name}: step seconds fcos_lib {step['fcos_lib']:.3f}, torchvision {step['torchvision']:.3f} -> "
                   f"in {args.minutes:g} min: fcos_lib {iters['fcos_lib']} iterations, torchvision {iters['torchvision']}",

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import TimingNoiseError, seconds_per_step  # noqa: E402
+from _timing import TimingNoiseError, seconds_per_step, significant  # noqa: E402
 from ablations import mean_range, store_run  # noqa: E402
 from fcos_lib.cli import build_parser, config_from_args  # noqa: E402
 from fcos_lib.heldout import DATASET_CLASSES, make_held_out_dataset  # noqa: E402
@@ -51,11 +51,6 @@ UNTIMED_STEPS, TIMED_STEPS = 2, 10
 # What the script sets for every run: a variant that set one too would silently override it.
 FIXED_FLAGS = ("--data", "--iters", "--batch-size", "--image-size", "--in-memory", "--device", "--seed", "--out",
                "--resume", "--overwrite")
-
-
-def significant(seconds: float) -> float:
-    """`seconds` to 4 significant figures (a fixed number of decimals would round a fast step to 0)."""
-    return float(f"{seconds:.4g}")
 
 
 def variant_name(flags: str) -> str:

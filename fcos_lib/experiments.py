@@ -8,7 +8,7 @@ scores on the dataset's val split. bench/ablations.py runs every row and stores 
 """
 from __future__ import annotations
 
-__all__ = ['BUDGETS', 'SEEDS', 'SEED_BASELINE', 'DESIGN_CHANGES', 'ROWS_DEFAULT', 'ADAMW_USUAL', 'ABLATION_ROWS', 'row_config', 'ROWS_NMS_THRESH', 'run_fcos_row', 'RegNetFPN', 'build_peer', 'train_peer', 'score_peer', 'run_peer_row']
+__all__ = ['BUDGETS', 'SEEDS', 'SEED_BASELINE', 'DESIGN_CHANGES', 'ROWS_DEFAULT', 'ADAMW_USUAL', 'ABLATION_ROWS', 'row_config', 'ROWS_NMS_THRESH', 'run_fcos_row', 'RegNetFPN', 'build_peer', 'train_peer', 'score_peer', 'run_peer_row', 'ERROR_KINDS', 'error_breakdown']
 
 import math
 import time
@@ -159,6 +159,13 @@ def _rows() -> "OrderedDict[str, dict]":
     rows["adopted, AdamW lr 2e-3, warm-up 250 + p2, 2 head convs"] = {
         "base": "default", "what": "the full-budget p2 row with two 3x3 convolutions in each head stem, not four",
         "changes": {**adopted_adamw, "lr": 2e-3, "warmup_iters": 250, "with_p2": True, "num_convs": 2}}
+    # Where p2's gain comes from: on `aerial` most of the errors it removes are boxes in the right
+    # place with the wrong class. Can p3 see what p2 sees without the head running on p2's
+    # locations? c2's pixels stacked into p3 (chapter 01's c2_passthrough: one 1x1 convolution
+    # with more inputs, the levels stay p3-p5).
+    rows["adopted, AdamW lr 2e-3, warm-up 250 + c2 passthrough"] = {
+        "base": "default", "what": "the default (AdamW lr 2e-3, warm-up 250) with c2's pixels stacked into p3",
+        "changes": {**adopted_adamw, "lr": 2e-3, "warmup_iters": 250, "c2_passthrough": True}}
     # And p2 where the course's own run is short: the main job's recipe (SGD lr 0.01, EMA; 300
     # iterations) with it, run by bench/main_job.py. The course's boxes are larger (12 % under 16 px).
     rows["default, peer's optimiser + EMA + p2"] = {
@@ -313,3 +320,54 @@ def run_peer_row(budget: str, data, seed: int) -> dict:
     model = build_peer(len(class_names), b["image_size"])
     speed = train_peer(model, train_set, b["iters"], b["batch_size"], seed)
     return {**_scores(score_peer(model, val)), "train_images_per_s": speed}
+
+
+ERROR_KINDS = ("correct", "duplicate", "wrong class", "poor box", "background")
+
+
+def error_breakdown(predictions: list[dict], ground_truths: list[dict], top: int | None = None,
+                    iou_thresh: float = 0.5, poor_iou: float = 0.1) -> dict[str, int]:
+    """What the `top` best detections of a dataset are: {kind: count} over ERROR_KINDS.
+
+    Args:
+        predictions: one dict per image, boxes (K, 4) xyxy, scores (K,), labels (K,), as
+            fcos_lib.evaluate.collect_detections returns them.
+        ground_truths: one dict per image, boxes (N, 4), labels (N,), optionally difficult (N,) bool.
+        top: how many detections, best first over the whole dataset; None = as many as there are
+            objects not marked difficult.
+        iou_thresh: the IoU that makes a detection correct (0.5, as mAP@0.5); poor_iou: below it,
+            background.
+    Returns:
+        {"correct": int, "duplicate": int, "wrong class": int, "poor box": int, "background": int}.
+    """
+    scores, kinds, num_objects = [], [], 0
+    for pred, gt in zip(predictions, ground_truths, strict=True):
+        order = torch.argsort(pred["scores"], descending=True, stable=True)
+        boxes, labels = pred["boxes"][order].float(), pred["labels"][order]
+        gt_boxes, gt_labels = gt["boxes"].float(), gt["labels"]
+        difficult = gt.get("difficult", torch.zeros(len(gt_labels), dtype=torch.bool)).bool()
+        num_objects += int((~difficult).sum())
+        iou = torchvision.ops.box_iou(boxes, gt_boxes)  # (K, N)
+        if iou.shape[1] == 0:  # no objects: every detection is background
+            iou = iou.new_zeros(len(boxes), 1)
+            gt_labels, difficult = gt_labels.new_full((1,), -1), difficult.new_zeros(1)
+        best_same, j = iou.where(labels[:, None] == gt_labels[None], 0.0).max(dim=1)  # (K,), (K,)
+        hit = best_same >= iou_thresh
+        ignored = hit & difficult[j]
+        claims = hit & ~ignored
+        # The first claim on an object (in score order) is correct, later ones duplicates (voc_match's rule).
+        rank = torch.arange(len(boxes))
+        first = torch.full((iou.shape[1],), len(boxes)).scatter_reduce(0, j[claims], rank[claims], reduce="amin")
+        correct = claims & (first[j] == rank)
+        best_any = iou.max(dim=1).values  # (K,)
+        kind = torch.where(best_any >= poor_iou, 3, 4)  # poor box, or background ...
+        kind = torch.where(best_any >= iou_thresh, 2, kind)  # ... wrong class ...
+        kind = torch.where(claims, 1, kind)  # ... duplicate ...
+        kind = torch.where(correct, 0, kind)  # ... or correct
+        scores.append(pred["scores"][order][~ignored])
+        kinds.append(kind[~ignored])
+    scores, kinds = torch.cat(scores), torch.cat(kinds)
+    top = num_objects if top is None else top
+    best = kinds[torch.argsort(scores, descending=True, stable=True)[:top]]
+    counts = torch.bincount(best, minlength=len(ERROR_KINDS)).tolist()
+    return dict(zip(ERROR_KINDS, counts))

@@ -4,12 +4,14 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
+import torchvision
 
 from fcos_lib.cli import build_parser, config_from_args
 from fcos_lib.config import TrainConfig, improved_recipe
 from fcos_lib.data import VOCDataset
 from fcos_lib.experiments import (
-    ABLATION_ROWS, BUDGETS, DESIGN_CHANGES, ROWS_DEFAULT, SEED_BASELINE, build_peer, row_config,
+    ABLATION_ROWS, BUDGETS, DESIGN_CHANGES, ERROR_KINDS, ROWS_DEFAULT, SEED_BASELINE, build_peer, error_breakdown,
+    row_config,
 )
 from fcos_lib.heldout import (
     CONFIRMATION_CLASSES, DATASET_CLASSES, FINAL_CLASSES, FRESH_CLASSES, HELD_OUT_CLASSES, make_held_out_dataset,
@@ -122,3 +124,58 @@ def test_peer_is_torchvision_fcos_on_three_levels():
                                             "labels": torch.tensor([2])}])
     assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def _breakdown_by_loop(predictions, ground_truths, top):
+    """error_breakdown's rule, one detection at a time: the reference the vectorised one must equal."""
+    rows, num_objects = [], 0
+    for pred, gt in zip(predictions, ground_truths):
+        num_objects += int((~gt["difficult"]).sum())
+        taken = set()
+        for d in sorted(range(len(pred["scores"])), key=lambda d: -float(pred["scores"][d])):
+            ious = [float(torchvision.ops.box_iou(pred["boxes"][d:d + 1], gt["boxes"][g:g + 1])) for g in range(len(gt["boxes"]))]
+            same = [iou if int(gt["labels"][g]) == int(pred["labels"][d]) else 0.0 for g, iou in enumerate(ious)]
+            best = max(range(len(same)), key=lambda g: (same[g], -g)) if same else None
+            if best is not None and same[best] >= 0.5:
+                if bool(gt["difficult"][best]):
+                    continue
+                kind = "duplicate" if best in taken else "correct"
+                taken.add(best)
+            elif ious and max(ious) >= 0.5:
+                kind = "wrong class"
+            elif ious and max(ious) >= 0.1:
+                kind = "poor box"
+            else:
+                kind = "background"
+            rows.append((float(pred["scores"][d]), kind))
+    rows.sort(key=lambda r: -r[0])
+    kinds = [kind for _, kind in rows[:num_objects if top is None else top]]
+    return {kind: kinds.count(kind) for kind in ERROR_KINDS}
+
+
+@pytest.mark.parametrize("top", [None, 7, 1000])
+def test_error_breakdown_equals_the_one_detection_at_a_time_rule(top):
+    g = torch.Generator().manual_seed(3)
+    predictions, ground_truths = [], []
+    for num_gt, num_det in ((4, 12), (0, 3), (2, 0), (5, 20)):
+        xy = torch.rand(num_gt, 2, generator=g) * 60
+        gt_boxes = torch.cat([xy, xy + 10 + torch.rand(num_gt, 2, generator=g) * 30], dim=1)
+        gt_labels = torch.randint(3, (num_gt,), generator=g)
+        # Detections on the objects (jittered copies, mostly of their class) and anywhere, so
+        # that every kind occurs.
+        which = torch.randint(max(num_gt, 1), (num_det,), generator=g)
+        near = gt_boxes[which] if num_gt else torch.zeros(num_det, 4)
+        det_boxes = near + torch.randn(num_det, 4, generator=g) * torch.tensor([1.0, 4.0])[
+            torch.randint(2, (num_det, 1), generator=g)]
+        det_labels = torch.randint(3, (num_det,), generator=g)
+        if num_gt:
+            det_labels = torch.where(torch.rand(num_det, generator=g) < 0.6, gt_labels[which], det_labels)
+        anywhere = torch.rand(num_det, generator=g) < 0.2
+        det_boxes[anywhere] = torch.rand(int(anywhere.sum()), 4, generator=g) * 100
+        det_boxes[:, 2:] = torch.maximum(det_boxes[:, 2:], det_boxes[:, :2] + 1)
+        ground_truths.append({"boxes": gt_boxes, "labels": gt_labels, "difficult": torch.rand(num_gt, generator=g) < 0.2})
+        predictions.append({"boxes": det_boxes, "scores": torch.rand(num_det, generator=g), "labels": det_labels})
+    found = error_breakdown(predictions, ground_truths, top=top)
+    assert found == _breakdown_by_loop(predictions, ground_truths, top)
+    if top == 1000:  # every detection that counts: all five kinds occur in this data
+        assert all(found[kind] > 0 for kind in ERROR_KINDS), found
