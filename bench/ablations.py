@@ -45,6 +45,31 @@ def row_folder(out, budget: str, dataset: str, seed: int, row: str) -> Path:
     return Path(out) / budget / dataset / f"seed{seed}" / row.replace(" ", "_")
 
 
+def scored_checkpoint(runs: dict, row: str, dataset: str, seed: int, budget: str,
+                      out="runs/ablations") -> tuple[str, dict, Path]:
+    """(key, stored entry, last.pt) of a row's run that bench/ablations.py trained and scored.
+    `runs`: RESULTS' "runs". A run that is missing from either is refused with the command that trains it."""
+    key = _key(row, dataset, seed, budget)
+    checkpoint = row_folder(out, budget, dataset, seed, row) / "last.pt"
+    require_scored(key, runs.get(key), checkpoint, f".venv/bin/python bench/ablations.py --budget {budget} "
+                                                    f'--datasets {dataset} --rows "{row}" --seeds {seed}')
+    return key, runs[key], checkpoint
+
+
+def require_scored(key: str, stored: dict | None, checkpoint: Path, command: str) -> None:
+    """Refuse a run whose stored score or checkpoint is missing, naming the `command` that trains it."""
+    if stored is None or not Path(checkpoint).is_file():
+        raise SystemExit(f"no scored checkpoint for {key!r} ({checkpoint}). Fix: train it with {command}")
+
+
+def check_is_scored_run(key: str, map50: float, stored: dict, nms_thresh: float, results_name: str) -> None:
+    """Refuse a checkpoint whose mAP@0.5 at the stored NMS threshold is not the stored one: it is
+    not the run that was scored (trained again since, or another row's folder)."""
+    if abs(map50 - stored["map50"]) > 1e-3:
+        raise SystemExit(f"{key}: the checkpoint scores mAP@0.5 {map50:.4f} at NMS {nms_thresh}, but {results_name} "
+                         f"holds {stored['map50']:.4f}: it is not the run that was scored. Fix: train it again.")
+
+
 def store_run(path: Path, key: str, entry: dict) -> dict:
     """Store one run's entry under `key` in a results file ({"runs": {...}}), re-read just before
     writing, so that entries another run stored meanwhile are kept. Returns the results written."""

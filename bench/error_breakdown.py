@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import RESULTS as ABLATIONS, _key, row_folder, store_run  # noqa: E402
+from ablations import RESULTS as ABLATIONS, check_is_scored_run, scored_checkpoint, store_run  # noqa: E402
 from fcos_lib.checkpoint import model_from_checkpoint  # noqa: E402
 from fcos_lib.data import VOCDataset  # noqa: E402
 from fcos_lib.evaluate import collect_detections, detection_metrics  # noqa: E402
@@ -58,19 +58,10 @@ def main() -> None:
     for row in args.rows:
         for dataset in args.datasets:
             for seed in args.seeds:
-                key = _key(row, dataset, seed, args.budget)
-                checkpoint = row_folder("runs/ablations", args.budget, dataset, seed, row) / "last.pt"
-                stored = scored.get(key)
-                if stored is None or not checkpoint.is_file():
-                    raise SystemExit(f"no scored checkpoint for {key!r} ({checkpoint}). Fix: train it with "
-                                     f".venv/bin/python bench/ablations.py --budget {args.budget} --datasets {dataset} "
-                                     f'--rows "{row}" --seeds {seed}')
+                key, stored, checkpoint = scored_checkpoint(scored, row, dataset, seed, args.budget)
                 nms_thresh = stored.get("nms_thresh", 0.6)  # 0.6 for every row stored before it was recorded
                 entry = breakdown_of_checkpoint(checkpoint, make_held_out_dataset(dataset), nms_thresh)
-                if abs(entry["map50"] - stored["map50"]) > 1e-3:
-                    raise SystemExit(f"{key}: the checkpoint scores mAP@0.5 {entry['map50']:.4f} at NMS {nms_thresh}, "
-                                     f"but {ABLATIONS.name} holds {stored['map50']:.4f}: it is not the run that was "
-                                     "scored. Fix: train it again.")
+                check_is_scored_run(key, entry["map50"], stored, nms_thresh, ABLATIONS.name)
                 entry.update(nms_thresh=nms_thresh, spec=stored["spec"], measured=time.strftime("%Y-%m-%d %H:%M"))
                 store_run(Path(args.results), key, entry)
                 print(key, {k: v for k, v in entry.items() if k not in ("spec", "measured")}, flush=True)

@@ -25,7 +25,9 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import RESULTS as ABLATIONS, _key, mean_range, row_folder  # noqa: E402
+from ablations import (  # noqa: E402
+    RESULTS as ABLATIONS, check_is_scored_run, mean_range, require_scored, scored_checkpoint,
+)
 from main_job import RESULTS as MAIN_JOB, run_folder, run_key  # noqa: E402
 from fcos_lib.checkpoint import model_from_checkpoint  # noqa: E402
 from fcos_lib.config import TrainConfig  # noqa: E402
@@ -87,11 +89,7 @@ def _sweep(key: str, checkpoint: Path, root, stored: dict, stored_name: str, pat
                      in_memory=True)
     by_threshold = metrics_by_threshold(model, val)
     scored_at = stored.get("nms_thresh", 0.6)  # what the stored entry was scored with (0.6 before it was recorded)
-    if abs(by_threshold[scored_at]["map50"] - stored["map50"]) > 1e-3:
-        raise SystemExit(f"{key}: the checkpoint scores mAP@0.5 {by_threshold[scored_at]['map50']:.4f} at NMS "
-                         f"{scored_at}, but "
-                         f"{stored_name} holds {stored['map50']:.4f}: it is not the run that was scored. "
-                         "Fix: train it again.")
+    check_is_scored_run(key, by_threshold[scored_at]["map50"], stored, scored_at, stored_name)
     results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     results["runs"][key] = {**{str(t): m for t, m in by_threshold.items()}, "spec": stored["spec"],
                             "measured": time.strftime("%Y-%m-%d %H:%M")}
@@ -124,19 +122,13 @@ def main() -> None:
         for dataset in args.datasets:
             for seed in args.seeds:
                 if dataset == "main job":
-                    key, stored, name = f"{row} | main job | seed {seed}", main_job.get(run_key(row, seed)), MAIN_JOB
-                    checkpoint = run_folder("runs/main_job", row, seed) / "last.pt"
-                    again = f'.venv/bin/python bench/main_job.py --rows "{row}" --seeds {seed}'
-                    root = None
+                    key, stored = f"{row} | main job | seed {seed}", main_job.get(run_key(row, seed))
+                    checkpoint, name, root = run_folder("runs/main_job", row, seed) / "last.pt", MAIN_JOB, None
+                    require_scored(key, stored, checkpoint,
+                                   f'.venv/bin/python bench/main_job.py --rows "{row}" --seeds {seed}')
                 else:
-                    key, name = _key(row, dataset, seed, args.budget), ABLATIONS
-                    stored = held_out.get(key)
-                    checkpoint = row_folder("runs/ablations", args.budget, dataset, seed, row) / "last.pt"
-                    again = (f'.venv/bin/python bench/ablations.py --budget {args.budget} --datasets {dataset} '
-                             f'--rows "{row}" --seeds {seed}')
-                    root = make_held_out_dataset(dataset)
-                if stored is None or not checkpoint.is_file():
-                    raise SystemExit(f"no scored checkpoint for {key!r} ({checkpoint}). Fix: train it with {again}")
+                    key, stored, checkpoint = scored_checkpoint(held_out, row, dataset, seed, args.budget)
+                    name, root = ABLATIONS, make_held_out_dataset(dataset)
                 _sweep(key, checkpoint, root, stored, name.name, path)
 
 
