@@ -16,7 +16,9 @@ box deltas, centerness on the regression stem, flips, a warm-up, then a constant
 evaluated with an EMA of the weights, decay 0.999), with the optimiser the run's length picks
 (chapter 09's optimizer_for: for 550 to 10,000 iterations AdamW lr 2e-3, weight decay 0.05 not on
 norms, warm-up min(250, N // 3); otherwise SGD lr 0.01 with weight decay on every parameter,
-warm-up min(500, N // 10); results stored before 2026-12-06 were SGD's at every length), only with
+warm-up min(500, N // 10); results stored before 2026-12-06 were SGD's at every length) and, in
+the same range from scratch, block1's detail stacked into p3 (chapter 09's passthrough_for;
+results stored before 2026-12-07 were without it), only with
 --in-memory and --device cpu added (the same batches, decoded once), and `--threads N` when this
 script is given `--threads N` (else the command's own `--threads auto`, which follows the machine's
 load: a run during which the load changed can differ from its repeat).

@@ -40,9 +40,11 @@ def main_job_config(row: str, seed: int, out, iters: int = COURSE_ITERS) -> Trai
     spec = ABLATION_ROWS[row]
     if spec.get("peer") or spec["base"] != "default":
         raise ValueError(f"row {row!r} is not a change of the course default; the main job runs those only")
-    # The rows change ROWS_DEFAULT, an SGD recipe: take the command line's SGD settings (its warm-up,
-    # a tenth of the run), not the AdamW ones it picks by itself for longer runs (ADAMW_ITERS).
-    argv = ["train", "--seed", str(seed), "--out", str(out), "--iters", str(iters), "--optimizer", "sgd"]
+    # The rows change ROWS_DEFAULT, an SGD recipe on p3-p5: take the command line's SGD settings (its
+    # warm-up, a tenth of the run), not the AdamW ones and the passthrough it picks by itself for
+    # longer runs (ADAMW_ITERS); a row that wants the passthrough says so.
+    argv = ["train", "--seed", str(seed), "--out", str(out), "--iters", str(iters), "--optimizer", "sgd",
+            "--no-c2-passthrough"]
     cfg = config_from_args(build_parser().parse_args(argv))
     return cfg.replace(**ROWS_DEFAULT).replace(**spec["changes"])
 

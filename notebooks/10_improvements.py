@@ -2647,32 +2647,58 @@ breakdown_table(("adopted, AdamW lr 2e-3, warm-up 250 + p2",), ("aerial", "cells
 # Chapter 01's `c2_passthrough` (`--c2-passthrough`) tries the first alone: c2's 2 x 2 blocks of
 # pixels, stacked as 128 channels, join c3 in p3's lateral convolution. The head still runs on
 # p3-p5 only, so the step costs almost nothing more. One row on the default, at the full budget,
-# on `aerial` and `cells`, where p2 gained most and where most errors were wrong class, two seeds
-# (`bench/ablations.py --budget full --datasets aerial cells --rows "adopted, AdamW lr 2e-3,
-# warm-up 250 + c2 passthrough" --seeds 0 1`):
+# two seeds: first on `aerial` and `cells`, where p2 gained most and where most errors were wrong
+# class, then, to decide, on the three others (`bench/ablations.py --budget full --datasets aerial
+# cells signs tiles letters --rows "adopted, AdamW lr 2e-3, warm-up 250 + c2 passthrough" --seeds 0 1`,
+# 10-17 minutes a run):
 
 # %%
 seed_table(("adopted, AdamW lr 2e-3, warm-up 250", "adopted, AdamW lr 2e-3, warm-up 250 + p2",
-            "adopted, AdamW lr 2e-3, warm-up 250 + c2 passthrough", "torchvision FCOS"), ("aerial", "cells"),
-           seeds=(0, 1))
+            "adopted, AdamW lr 2e-3, warm-up 250 + c2 passthrough", "torchvision FCOS"),
+           ("aerial", "cells", "signs", "tiles", "letters"), seeds=(0, 1))
 
 # %% [markdown]
-# - **The passthrough wins on both datasets, on every seed, for about 3 % of the step**: `aerial`
-#   0.760 (0.759-0.762) against the default's 0.733, `cells` 0.532 (0.498-0.567) against 0.445
-#   (seed by seed: 0.762 against 0.741, 0.759 against 0.725; 0.567 against 0.497, 0.498 against
-#   0.393). mAP@[.5:.95] 0.488 against 0.458 and 0.362 against 0.290. Its step is 0.97x the
-#   default's images/s (`bench/bench_train_step.py --no-peer --c2-passthrough`: 1080 ms a step).
+# - **On `aerial` and `cells` the passthrough wins on every seed, for about 3 % of the step**:
+#   0.760 (0.759-0.762) against the default's 0.733, and 0.532 (0.498-0.567) against 0.445.
+#   mAP@[.5:.95] 0.488 against 0.458 and 0.362 against 0.290. Its step is 0.97x the default's
+#   images/s (`bench/bench_train_step.py --no-peer --c2-passthrough`: 1080 ms a step).
 # - **It keeps 20 % of p2's gain on `aerial` and 52 % on `cells`.** So on `aerial` most of p2's gain
 #   comes from its locations, not from block1's features; on `cells` the features carry half.
-#   Its errors (`bench/error_breakdown.py --rows "adopted, AdamW lr 2e-3, warm-up 250 + c2
-#   passthrough" --datasets aerial cells --seeds 0 1`): wrong class 7 % of the best detections on
-#   `aerial` (p2: 3 %), 38 % on `cells` (p2: 31 %).
-# - **At NMS 0.5, as the command scores**, against the peer: `cells` **1.69x** (0.543; the
-#   default: 1.41x), `aerial` 1.25x (0.759; the default: 1.20x) (`bench/nms_sweep.py --rows
-#   "adopted, AdamW lr 2e-3, warm-up 250 + c2 passthrough" --datasets aerial cells --seeds 0 1`).
-# - **Not adopted yet**: a change of the default must win on every held-out dataset, and `signs`,
-#   `tiles` and `letters` have not been run with it (three datasets, two seeds: about 100 minutes
-#   here). It is the first lever since AdamW that costs almost nothing and wins where it ran.
+# - **On the three others it leads on the mean, less clearly**: `signs` 0.425 against 0.407 (both
+#   seeds ahead); `tiles` 0.192 against 0.169, one seed each way (0.196 against 0.212, 0.189
+#   against 0.127: its seeds are 0.007 apart where the default's are 0.085); `letters` 0.112
+#   against 0.109, one seed each way, a lead inside the seeds' noise. mAP@[.5:.95] leads on all
+#   five (`signs` 0.247 against 0.236, `tiles` 0.091 against 0.075, `letters` 0.047 against 0.045).
+# - **Its errors** (`bench/error_breakdown.py --rows "adopted, AdamW lr 2e-3, warm-up 250 + c2
+#   passthrough" --datasets aerial cells signs tiles letters --seeds 0 1`), against p2's:
+
+# %%
+breakdown_table(("adopted, AdamW lr 2e-3, warm-up 250 + p2", "adopted, AdamW lr 2e-3, warm-up 250 + c2 passthrough"),
+                ("aerial", "cells", "signs", "tiles", "letters"))
+
+# %% [markdown]
+# - Wrong class stays the largest error on `letters` and `tiles` (59 % and 52 % of the best
+#   detections): block1's detail does not teach the classifier to tell those shapes apart.
+# - **At NMS 0.5, as the command scores** (`bench/nms_sweep.py --rows "adopted, AdamW lr 2e-3,
+#   warm-up 250 + c2 passthrough" --datasets aerial cells signs tiles letters --seeds 0 1`):
+
+# %%
+nms_table(("adopted, AdamW lr 2e-3, warm-up 250", "adopted, AdamW lr 2e-3, warm-up 250 + c2 passthrough"),
+          ("aerial", "cells", "signs", "tiles", "letters"))
+
+# %% [markdown]
+# - Against the peer at its own 0.6: **`signs` 1.56x** (0.432; the default: 1.50x), **`tiles`
+#   3.45x** (0.195; 3.04x), `letters` 1.32x (0.115; 1.31x), **`cells` 1.69x** (0.543; 1.41x),
+#   `aerial` 1.25x (0.759; 1.20x).
+# - **Adopted.** It leads on the mean of every held-out dataset, on every seed of three of them,
+#   and costs 3 % of the step; this is the rule the AdamW rate was adopted by (ahead on the mean,
+#   one seed each way on two datasets). Chapter 09's `passthrough_for(iters)` turns it on where it
+#   was measured: from scratch, runs of 550 to 10,000 iterations (the range where the command
+#   trains with AdamW). The main job's 300 SGD iterations and `--pretrained` keep p3-p5 as they
+#   were, unmeasured; `--p2` takes block1 for its own level, so it turns the passthrough off;
+#   `--no-c2-passthrough` turns it off by hand. The goal of 1.5x on every dataset is now met on
+#   `signs`, `tiles` and `cells`; `letters` (1.32x) and `aerial` (1.25x) still miss it, and the
+#   breakdown says where the rest is on `letters`: the classifier.
 
 
 # %% [markdown]
@@ -2819,5 +2845,14 @@ else:
 #   p2 scores 0.186 against the default's 0.348. Offered as `--p2`, not the default. With two
 #   convolutions in each head stem its step costs 1.5x instead of 2x, but it keeps 60 % of the gain
 #   on `aerial` (0.816) and still loses in equal time (0.260 with AdamW, 0.198 with SGD).
+# - Where the errors are: on `letters` and `tiles` more than half of the best detections are in the
+#   right place with the wrong class. p2 cut `aerial`'s wrong class from 43 % to 17 % on the
+#   screen; block1's detail stacked into p3 (`c2_passthrough`, the levels stay p3-p5) keeps part of
+#   that for 3 % of the step, and leads on the mean of all five held-out datasets (`cells` 0.532
+#   against 0.445, `aerial` 0.760 against 0.733, `signs` 0.425 against 0.407 on every seed;
+#   `tiles` and `letters` one seed each way). It is the default now for runs from scratch of 550 to
+#   10,000 iterations: the issue's command stands at **1.56x, 3.45x, 1.32x, 1.69x and 1.25x** the
+#   peer (`signs`, `tiles`, `letters`, `cells`, `aerial`; NMS 0.5). `letters` and `aerial` still
+#   miss 1.5x; on `letters` the classifier is what is left.
 # - `bench/results/ablations.json` holds every run; `make ablations` re-runs what is missing and
 #   re-executes this chapter.

@@ -236,6 +236,8 @@ def test_no_flags_is_the_main_job():
     ([], ["--assigner", "atss"], "assigner", "atss"),
     ([], ["--p2"], "with_p2", True),
     ([], ["--c2-passthrough"], "c2_passthrough", True),
+    (["--iters", "828"], ["--no-c2-passthrough"], "c2_passthrough", False),
+    (["--iters", "828"], ["--p2"], "with_p2", True),
     ([], ["--head-convs", "2"], "num_convs", 2),
     ([], ["--threads", "1"], "num_threads", 1),
     ([], ["--cpu-bf16"], "cpu_bf16", True),
@@ -250,7 +252,8 @@ def test_every_flag_reaches_the_config(context, flag, field, value):
     assert getattr(changed, field) == value
     # ... and changes nothing else, besides the defaults the flag implies.
     adamw = {"optimizer", "lr", "weight_decay", "schedule", "decay_norms", "ema_decay"}  # --data: 9000 iterations
-    implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters", *adamw}, "iters": {"warmup_iters"},
+    implied = {"data": {"iters", "in_memory", "num_workers", "warmup_iters", *adamw, "c2_passthrough"},
+               "iters": {"warmup_iters"}, "with_p2": {"c2_passthrough"},  # p2 takes block1 for itself
                "in_memory": {"num_workers"}, "optimizer": {"lr", "weight_decay", "schedule", "decay_norms", "ema_decay",
                                                           "warmup_iters"},
                "pretrained_backbone": {"schedule", "decay_norms", "ema_decay"}}.get(field, set())
@@ -290,10 +293,33 @@ def test_the_runs_length_picks_the_optimizer_unless_told():
     assert {k: getattr(long, k) for k in {**ADAMW_DEFAULTS, **ADAMW_SCHEDULE}} == {**ADAMW_DEFAULTS, **ADAMW_SCHEDULE}
     # Told, or where AdamW was not measured ahead: SGD, the recipe's own settings.
     assert cfg_of("--iters", "828", "--optimizer", "sgd") == improved_recipe(
-        iters=828, warmup_iters=82, in_memory=True, num_workers=0, num_threads="auto")
+        iters=828, warmup_iters=82, in_memory=True, num_workers=0, num_threads="auto", c2_passthrough=True)
     assert optimizer("--iters", "828", "--pretrained") == "sgd"
     assert optimizer("--iters", "828", "--recipe", "baseline") == "sgd"
     assert cfg_of("--iters", "828", "--lr", "3e-4").lr == 3e-4  # a given rate is kept
+
+
+def test_the_runs_length_gives_p3_block1s_detail_where_it_was_measured():
+    from fcos_lib.config import ADAMW_ITERS
+
+    def passthrough(*argv):
+        return cfg_of(*argv).c2_passthrough
+
+    low, high = ADAMW_ITERS
+    assert passthrough() is False  # the 300-iteration main job: not measured there
+    assert [passthrough("--iters", str(n)) for n in (low - 1, low, high, high + 1)] == [False, True, True, False]
+    assert passthrough("--data", "D") is True  # 9,000 iterations by default
+    assert passthrough("--iters", "828", "--optimizer", "sgd") is True  # the architecture follows the length alone
+    # A pretrained trunk and the seed's baseline keep p3-p5 as they were; --p2 uses block1 for its own level.
+    assert passthrough("--iters", "828", "--pretrained") is False
+    assert passthrough("--iters", "828", "--recipe", "baseline") is False
+    p2 = cfg_of("--iters", "828", "--p2")
+    assert (p2.with_p2, p2.c2_passthrough) == (True, False)
+    # Told: on or off, whatever the length; with --p2 the contradiction is refused with its fix.
+    assert passthrough("--iters", "828", "--no-c2-passthrough") is False
+    assert passthrough("--c2-passthrough") is True
+    with pytest.raises(ValueError, match=r"--p2 and c2_passthrough .* Fix: pick one"):
+        cfg_of("--iters", "828", "--p2", "--c2-passthrough")
 
 
 def test_schedule_and_flip_flags_reach_the_config(capsys):

@@ -37,6 +37,6 @@ def test_the_default_row_at_828_iterations_is_what_the_command_line_runs(main_jo
     # chapter 10's adopted AdamW row, on the course data, is `python -m fcos_lib train --iters 828` as it is now
     from fcos_lib.cli import build_parser, config_from_args
 
-    row = main_job.main_job_config("adopted, AdamW lr 2e-3, warm-up 250", 0, tmp_path, 828)
+    row = main_job.main_job_config("adopted, AdamW lr 2e-3, warm-up 250 + c2 passthrough", 0, tmp_path, 828)
     cli = config_from_args(build_parser().parse_args(["train", "--seed", "0", "--out", str(tmp_path), "--iters", "828"]))
-    assert row == cli and (row.optimizer, row.lr, row.warmup_iters) == ("adamw", 2e-3, 250)
+    assert row == cli and (row.optimizer, row.lr, row.warmup_iters, row.c2_passthrough) == ("adamw", 2e-3, 250, True)
