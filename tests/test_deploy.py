@@ -40,13 +40,17 @@ SCORE_TOL = 1e-6
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    cfg = TrainConfig(image_size=S, fpn_channels=16, num_convs=1)
+    return untrained_checkpoint(tmp_path_factory.mktemp("run") / "last.pt")
+
+
+def untrained_checkpoint(path: Path, **changes) -> Path:
+    """An untrained 3-class model at S px with its head's predictor weights spread, saved at `path`."""
+    cfg = TrainConfig(image_size=S, fpn_channels=16, num_convs=1, **changes)
     torch.manual_seed(0)
     model = build_model(cfg, len(CLASSES), load_pretrained_weights=False)
     with torch.no_grad():  # an untrained head scores every pair ~0.07 with 2-stride boxes: spread them
         for conv in (model.head.cls_logits, model.head.box_deltas, model.head.ctr_logits):
             conv.weight.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("run") / "last.pt"
     save_checkpoint(path, {"model": model.state_dict(), "config": dataclasses.asdict(cfg),
                            "class_names": list(CLASSES), "iteration": 0})
     return path
@@ -205,6 +209,21 @@ def test_onnx_detections_equal_pytorch_detections(exported, checkpoint, images, 
     if torchvision_resizes_uint8_natively():  # then the numpy letterbox is exact too: detect() gives the same
         for g, d in zip(got, detector.detect(images, score_thresh=score_thresh)):
             assert all(np.array_equal(g[k], d[k]) for k in g)
+
+
+def test_a_c2_passthrough_model_exports_with_the_same_detections(images, tmp_path):
+    # The command's default from scratch for 550-10,000 iterations: pixel_unshuffle in the graph.
+    checkpoint = untrained_checkpoint(tmp_path / "last.pt", c2_passthrough=True)
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "model.onnx")]) == 0
+    model, state = model_from_checkpoint(checkpoint)
+    assert state["config"]["c2_passthrough"] is True
+    tensors, metas = zip(*(letterbox(image, S) for image in images))
+    ref = detect(model, torch.stack(tensors), list(metas), score_thresh=0.05)
+    detector = deploy.OnnxDetector(tmp_path / "model.onnx", num_threads=1)
+    got = detector.detect_letterboxed(np.stack([torch_uint8(t) for t in tensors]), metas, score_thresh=0.05)
+    assert sum(len(d["scores"]) for d in got) > 0
+    for r, g, image in zip(ref, got, images):
+        assert_same_detections(r, g, max(image.size))
 
 
 def test_onnx_runs_a_batch_of_one(exported, images):
