@@ -56,6 +56,23 @@ def scored_checkpoint(runs: dict, row: str, dataset: str, seed: int, budget: str
     return key, runs[key], checkpoint
 
 
+def checkpoint_and_val_split(checkpoint: Path, root=None):
+    """(model, state, val split) of a trained run: its val split of `root` (None: the folder its
+    config names, or the course dataset), with its class names and image size, decoded once."""
+    from fcos_lib.checkpoint import model_from_checkpoint
+    from fcos_lib.config import TrainConfig
+    from fcos_lib.data import VOCDataset
+    from fcos_lib.train import resolve_data
+
+    model, state = model_from_checkpoint(checkpoint)
+    cfg = state["config"]
+    if root is None:
+        root = resolve_data(TrainConfig(**cfg))[0]
+    val = VOCDataset(root, cfg["val_split"], class_names=list(state["class_names"]), image_size=cfg["image_size"],
+                     in_memory=True)
+    return model, state, val
+
+
 def require_scored(key: str, stored: dict | None, checkpoint: Path, command: str) -> None:
     """Refuse a run whose stored score or checkpoint is missing, naming the `command` that trains it."""
     if stored is None or not Path(checkpoint).is_file():

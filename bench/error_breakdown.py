@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablations import RESULTS as ABLATIONS, check_is_scored_run, scored_checkpoint, store_run  # noqa: E402
-from fcos_lib.checkpoint import model_from_checkpoint  # noqa: E402
-from fcos_lib.data import VOCDataset  # noqa: E402
+from ablations import (  # noqa: E402
+    RESULTS as ABLATIONS, check_is_scored_run, checkpoint_and_val_split, scored_checkpoint, store_run,
+)
 from fcos_lib.evaluate import collect_detections, detection_metrics  # noqa: E402
 from fcos_lib.experiments import ABLATION_ROWS, BUDGETS, SEEDS, error_breakdown  # noqa: E402
 from fcos_lib.heldout import DATASET_CLASSES, make_held_out_dataset  # noqa: E402
@@ -33,10 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "error_breakdown.json"
 
 def breakdown_of_checkpoint(checkpoint: Path, root: Path, nms_thresh: float) -> dict:
     """{map50, top, correct, duplicate, wrong class, poor box, background} of one run on its val split."""
-    model, state = model_from_checkpoint(checkpoint)
-    cfg = state["config"]
-    val = VOCDataset(root, cfg["val_split"], class_names=list(state["class_names"]), image_size=cfg["image_size"],
-                     in_memory=True)
+    model, _, val = checkpoint_and_val_split(checkpoint, root)
     predictions, ground_truths = collect_detections(model, val, nms_thresh=nms_thresh)
     counts = error_breakdown(predictions, ground_truths)
     map50 = detection_metrics(predictions, ground_truths, val.class_names)["map50"]

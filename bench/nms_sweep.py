@@ -26,17 +26,15 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablations import (  # noqa: E402
-    RESULTS as ABLATIONS, check_is_scored_run, mean_range, require_scored, scored_checkpoint,
+    RESULTS as ABLATIONS, check_is_scored_run, checkpoint_and_val_split, mean_range, require_scored,
+    scored_checkpoint,
 )
 from main_job import RESULTS as MAIN_JOB, run_folder, run_key  # noqa: E402
-from fcos_lib.checkpoint import model_from_checkpoint  # noqa: E402
-from fcos_lib.config import TrainConfig  # noqa: E402
 from fcos_lib.data import VOCDataset, collate_detection  # noqa: E402
 from fcos_lib.evaluate import detection_metrics  # noqa: E402
 from fcos_lib.experiments import ABLATION_ROWS, BUDGETS, SEEDS  # noqa: E402
 from fcos_lib.heldout import DATASET_CLASSES, make_held_out_dataset  # noqa: E402
 from fcos_lib.inference import fcos_postprocess  # noqa: E402
-from fcos_lib.train import resolve_data  # noqa: E402
 from fcos_lib.transforms import boxes_to_original  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "nms_sweep.json"
@@ -81,12 +79,7 @@ def markdown_table(runs: dict, key: str = "map50") -> str:
 def _sweep(key: str, checkpoint: Path, root, stored: dict, stored_name: str, path: Path) -> None:
     """Score one checkpoint at every threshold, check the score at the stored entry's threshold
     against it, store the result. root None: the dataset the checkpoint's config names."""
-    model, state = model_from_checkpoint(checkpoint)
-    cfg = state["config"]
-    if root is None:  # the main job: the folder its config names, or the course dataset
-        root = resolve_data(TrainConfig(**cfg))[0]
-    val = VOCDataset(root, cfg["val_split"], class_names=list(state["class_names"]), image_size=cfg["image_size"],
-                     in_memory=True)
+    model, _, val = checkpoint_and_val_split(checkpoint, root)  # root None: the main job's own data
     by_threshold = metrics_by_threshold(model, val)
     scored_at = stored.get("nms_thresh", 0.6)  # what the stored entry was scored with (0.6 before it was recorded)
     check_is_scored_run(key, by_threshold[scored_at]["map50"], stored, scored_at, stored_name)
