@@ -38,7 +38,9 @@ def learner_env(home: Path) -> dict:
 
 
 def run_as_learner(stem: str, home: Path, timeout: int = 1500) -> tuple[str, Path]:
-    """Execute notebooks/<stem>.ipynb in a copy under `home`; returns (all text outputs, home)."""
+    """Execute notebooks/<stem>.ipynb in a copy under `home`; returns (all text outputs, home).
+
+    `timeout` (seconds) limits each cell and the whole run."""
     work = home / "notebooks"
     work.mkdir(parents=True)
     source = ROOT / "notebooks" / f"{stem}.ipynb"
@@ -47,7 +49,7 @@ def run_as_learner(stem: str, home: Path, timeout: int = 1500) -> tuple[str, Pat
         [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
          f"--ExecutePreprocessor.timeout={timeout}", "--ExecutePreprocessor.kernel_name=python3",
          str(work / source.name)],
-        cwd=work, env=learner_env(home), capture_output=True, text=True,
+        cwd=work, env=learner_env(home), capture_output=True, text=True, timeout=timeout,
     )
     assert done.returncode == 0, f"{stem} failed in the course mode:\n{done.stderr[-4000:]}"
     notebook = nbformat.read(work / source.name, as_version=4)

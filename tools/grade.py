@@ -63,8 +63,11 @@ class GradeError(RuntimeError):
 TEST_SECONDS = 60.0  # each test of a chapter takes seconds with the solution; far longer is an endless loop
 
 
-class TestTimedOut(Exception):
-    """A test ran past its time limit (raised inside it by an alarm)."""
+class TestTimedOut(BaseException):
+    """A test ran past its time limit (raised inside it by an alarm).
+
+    A BaseException, like KeyboardInterrupt, so that an `except Exception:` in the learner's code
+    does not swallow it; pytest still records the test as failed."""
 
 
 def chapter_of(notebook: Path) -> Path:
@@ -172,19 +175,27 @@ class Recorder:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item):
-        """Stop a test after `seconds` (SIGALRM: Unix, main thread; elsewhere no limit)."""
+        """Stop a test after `seconds` (SIGALRM: Unix, main thread; elsewhere no limit).
+
+        The alarm repeats every second until the test ends. An exception raised by a signal handler
+        is lost when it lands while Python runs a finalizer (a `__del__` during garbage collection:
+        "Exception ignored in ..."); with a one-shot alarm, an endless loop that allocates ran on past
+        13 GB under `make test`, until its pytest worker was killed."""
         if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
             yield
             return
+        running = True
 
         def expire(signum, frame):
-            raise TestTimedOut(f"stopped after {self.seconds:g} s: an endless loop, or work that grows too fast")
+            if running:
+                raise TestTimedOut(f"stopped after {self.seconds:g} s: an endless loop, or work that grows too fast")
 
         previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds, 1.0)  # then every second until cancelled
         try:
             yield
         finally:
+            running = False
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
 
