@@ -177,10 +177,10 @@ class Recorder:
     def pytest_runtest_call(self, item):
         """Stop a test after `seconds` (SIGALRM: Unix, main thread; elsewhere no limit).
 
-        The alarm repeats every second until the test ends. An exception raised by a signal handler
-        is lost when it lands while Python runs a finalizer (a `__del__` during garbage collection:
-        "Exception ignored in ..."); with a one-shot alarm, an endless loop that allocates ran on past
-        13 GB under `make test`, until its pytest worker was killed."""
+        The alarm repeats every second until the test ends, because an exception raised by a signal
+        handler can be lost: one that lands in a finalizer (a `__del__` during garbage collection) is
+        only printed as "Exception ignored in ...". Under `make test` a one-shot alarm fired (its timer
+        read 0) and the endless loop, which allocates, ran on past 13 GB."""
         if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
             yield
             return
