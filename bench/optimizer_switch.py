@@ -54,7 +54,7 @@ def switch_argv(dataset: str, iters: int, optimizer: str, seed: int, out, data=N
 
 # TrainConfig fields added after entries were stored, with the value every run before them had:
 # at that value a field is left out of the digest, so that adding an option re-runs nothing.
-LATER_FIELDS = {"with_p2": False, "c2_passthrough": False}
+LATER_FIELDS = {"with_p2": False, "c2_passthrough": False, "focal_gamma": 2.0}
 
 
 def config_digest(cfg) -> str:

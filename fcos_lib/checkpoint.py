@@ -129,7 +129,7 @@ def build_model(cfg: TrainConfig, num_classes: int, load_pretrained_weights: boo
         trainable_backbone_layers=cfg.trainable_backbone_layers, frozen_batchnorm=cfg.pretrained_backbone,
         use_groupnorm=cfg.use_groupnorm, center_sampling_radius=cfg.center_sampling_radius, box_loss=cfg.box_loss,
         box_activation=cfg.box_activation, centerness_on=cfg.centerness_on, assigner=cfg.assigner,
-        with_p2=cfg.with_p2, c2_passthrough=cfg.c2_passthrough,
+        with_p2=cfg.with_p2, c2_passthrough=cfg.c2_passthrough, focal_gamma=cfg.focal_gamma,
     )
 
 

@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head-convs", type=int, metavar="N",
                    help="3x3 convolutions in each head stem (default: 4, the paper's); with --p2, 2 makes its step "
                         "about 1.5x the default's instead of 2x (chapter 10)")
+    t.add_argument("--focal-gamma", type=float, metavar="G",
+                   help="the focal loss's focusing exponent: 0 is plain (alpha-weighted) cross-entropy, higher "
+                        "turns the well-classified locations down further (chapters 07, 10; default: 2, the paper's)")
     t.add_argument("--seed", type=int, help="random seed of the initial weights, batch order and flips (default: 0)")
     t.add_argument("--checkpoint-every", type=int, help="iterations between checkpoints (default: 100)")
     t.add_argument("--checkpoint-minutes", type=float, help="most minutes between checkpoints (default: 2)")
@@ -208,6 +211,7 @@ _TRAIN_FLAGS = {
     "ema_decay": "ema_decay", "scale_jitter": "scale_jitter", "assigner": "assigner", "threads": "num_threads",
     "cpu_bf16": "cpu_bf16", "optimizer": "optimizer", "weight_decay": "weight_decay", "schedule": "schedule",
     "hflip": "hflip", "steps": "steps", "warmup_iters": "warmup_iters", "p2": "with_p2", "head_convs": "num_convs",
+    "focal_gamma": "focal_gamma",
     "c2_passthrough": "c2_passthrough",
 }
 

@@ -21,7 +21,7 @@ GIoU loss indexes with a boolean mask inside, which makes a GPU wait on every st
 Dimension letters: B images, L locations (levels concatenated p3, p4, p5), C classes, K boxes.
 """
 
-__all__ = ['BOX_LOSSES', 'sigmoid_focal_loss', 'one_hot_targets', 'giou_loss', 'fcos_loss', 'global_foreground_count']
+__all__ = ['BOX_LOSSES', 'check_focal_gamma', 'sigmoid_focal_loss', 'one_hot_targets', 'giou_loss', 'fcos_loss', 'global_foreground_count']
 
 import math
 import numbers
@@ -36,6 +36,13 @@ from fcos_lib.matching import check_class_labels
 from fcos_lib.targets import FCOSTargets
 
 BOX_LOSSES = ("giou", "l1")
+
+
+def check_focal_gamma(gamma, name: str = "gamma") -> float:
+    """The focal loss's focusing exponent, checked: a finite number >= 0 (0: cross-entropy, 2: the paper)."""
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0 (0: plain cross-entropy, 2: the paper); got {gamma!r}")
+    return float(gamma)
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
@@ -58,8 +65,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
                          f"{targets.dtype}. Fix: targets.float()")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (alpha == -1 or 0 <= alpha <= 1):
         raise ValueError(f"alpha must be in [0, 1] (the positives' weight), or -1 for no weighting; got {alpha!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
-        raise ValueError(f"gamma must be a finite number >= 0 (0: plain cross-entropy, 2: the paper); got {gamma!r}")
+    check_focal_gamma(gamma)
     p = torch.sigmoid(logits)
     # -log(p_t), computed from the logits (stable for large |logits|), not as -log(sigmoid(x)).
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -115,7 +121,7 @@ def giou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> 
 
 def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: torch.Tensor, targets,
               locations: torch.Tensor, strides: torch.Tensor, box_loss: str = "giou",
-              check_inputs: bool = True, sync_foreground: bool = False) -> dict:
+              check_inputs: bool = True, sync_foreground: bool = False, focal_gamma: float = 2.0) -> dict:
     """The three FCOS losses of one batch, each divided by the batch's foreground count.
 
     Args:
@@ -132,12 +138,15 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
             ground truth that was checked already (FCOS.forward checks it once per batch).
         sync_foreground: data-parallel training (chapter 09): this batch is one process's slice of
             a global batch; divide by the global batch's count instead (global_foreground_count).
+        focal_gamma: the focal loss's focusing exponent (2: the paper; 0: the alpha-weighted
+            binary cross-entropy).
     Returns:
         dict(loss_cls, loss_box, loss_ctr) of scalar tensors: sums over the batch divided by
         max(1, number of foreground locations in the batch).
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
+    check_focal_gamma(focal_gamma, "focal_gamma")
     if not isinstance(cls_logits, torch.Tensor) or cls_logits.dim() != 3:
         shape = tuple(cls_logits.shape) if isinstance(cls_logits, torch.Tensor) else type(cls_logits).__name__
         raise ValueError(f"cls_logits must be (B, L, C), levels concatenated; got {shape}. "
@@ -165,7 +174,7 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
 
     # Classes: every location, C yes/no questions each; background = all zeros.
     cls_targets = one_hot_targets(labels, C, check_inputs)  # (B, L, C)
-    loss_cls = torchvision.ops.sigmoid_focal_loss(cls_logits.float(), cls_targets, reduction="sum")
+    loss_cls = torchvision.ops.sigmoid_focal_loss(cls_logits.float(), cls_targets, gamma=focal_gamma, reduction="sum")
 
     # Boxes and centerness: foreground only. Every location is computed and the background ones
     # are multiplied by 0, rather than picked out with pred[foreground]: a boolean mask makes the

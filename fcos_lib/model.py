@@ -29,7 +29,7 @@ from fcos_lib.backbone import BackboneWithFPN, check_images
 from fcos_lib.checks import check_flag, check_int, check_positive_number
 from fcos_lib.head import FCOSHead
 from fcos_lib.locations import get_fpn_location_coords
-from fcos_lib.losses import BOX_LOSSES, fcos_loss
+from fcos_lib.losses import BOX_LOSSES, check_focal_gamma, fcos_loss
 from fcos_lib.matching import check_gt_boxes
 from fcos_lib.targets import fcos_build_targets, strides_per_location
 
@@ -113,6 +113,7 @@ class FCOS(nn.Module):
         with_p2: add the FPN level p2 (stride 4) below p3, for objects of a few pixels (chapter 10).
         c2_passthrough: give p3 the detail of block1 (stride 4) instead, stacked into c3
             (chapter 01's stack_c2_into_c3; chapter 10). Not together with with_p2.
+        focal_gamma: the classification loss's focusing exponent (2: the paper; chapter 10).
 
     forward(images (B, 3, H, W) float in [0, 1], H and W divisible by 32, gt_boxes (B, N, 5))
         training mode: dict(loss_cls, loss_box, loss_ctr) (gt_boxes required);
@@ -124,7 +125,7 @@ class FCOS(nn.Module):
                  frozen_batchnorm: bool | None = None, use_groupnorm: bool = True,
                  center_sampling_radius: float | None = 1.5, box_loss: str = "giou",
                  box_activation: str = "exp", centerness_on: str = "reg", assigner: str = "fcos",
-                 with_p2: bool = False, c2_passthrough: bool = False):
+                 with_p2: bool = False, c2_passthrough: bool = False, focal_gamma: float = 2.0):
         super().__init__()
         # Every argument first, before the backbone is built (the checks of chapter 01).
         num_classes = check_int(num_classes, "num_classes (the object classes, no background class)")
@@ -140,6 +141,7 @@ class FCOS(nn.Module):
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
         if assigner not in ASSIGNERS:
             raise ValueError(f"assigner must be one of {ASSIGNERS}; got {assigner!r}")
+        self.focal_gamma = check_focal_gamma(focal_gamma, "focal_gamma")
         self.num_classes = num_classes
         self.assigner = assigner
         self.center_sampling_radius = center_sampling_radius
@@ -196,4 +198,4 @@ class FCOS(nn.Module):
             targets = fcos_build_targets(locations_per_level, self.strides, gt_boxes.float(),
                                          center_sampling_radius=self.center_sampling_radius, check_inputs=False)
         return fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, self.box_loss,
-                         check_inputs=False, sync_foreground=sync_foreground)
+                         check_inputs=False, sync_foreground=sync_foreground, focal_gamma=self.focal_gamma)

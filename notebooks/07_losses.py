@@ -83,6 +83,9 @@ _ = torch.manual_seed(0)
 #
 # The picture: the loss against `p_t` for a few `γ`. At `p_t = 0.9` (an easy example), `γ = 2`
 # cuts the loss 100 times (`(1 - 0.9)^2 = 0.01`).
+#
+# `γ` stays a knob: `fcos_loss(..., focal_gamma=)`, `FCOS(focal_gamma=)` and `--focal-gamma` on the
+# command line (2 by default). Chapter 10 measures other values.
 
 # %%
 p_t = torch.linspace(0.01, 1, 200)
@@ -132,6 +135,13 @@ from fcos_lib.targets import FCOSTargets
 BOX_LOSSES = ("giou", "l1")
 
 
+def check_focal_gamma(gamma, name: str = "gamma") -> float:
+    """The focal loss's focusing exponent, checked: a finite number >= 0 (0: cross-entropy, 2: the paper)."""
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0 (0: plain cross-entropy, 2: the paper); got {gamma!r}")
+    return float(gamma)
+
+
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
                        gamma: float = 2.0) -> torch.Tensor:
     """Sigmoid focal loss (Lin et al. 2017), elementwise (no reduction).
@@ -152,8 +162,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
                          f"{targets.dtype}. Fix: targets.float()")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (alpha == -1 or 0 <= alpha <= 1):
         raise ValueError(f"alpha must be in [0, 1] (the positives' weight), or -1 for no weighting; got {alpha!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 <= gamma < math.inf:
-        raise ValueError(f"gamma must be a finite number >= 0 (0: plain cross-entropy, 2: the paper); got {gamma!r}")
+    check_focal_gamma(gamma)
     ### BEGIN SOLUTION
     ### HINT: -log(p_t) = F.binary_cross_entropy_with_logits(..., reduction="none") (stable); times (1 - p_t) ** gamma and alpha_t
     p = torch.sigmoid(logits)
@@ -394,7 +403,7 @@ print("images without objects:", int((fg_per_image == 0).sum()), "of 64 | foregr
 #| export
 def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: torch.Tensor, targets,
               locations: torch.Tensor, strides: torch.Tensor, box_loss: str = "giou",
-              check_inputs: bool = True, sync_foreground: bool = False) -> dict:
+              check_inputs: bool = True, sync_foreground: bool = False, focal_gamma: float = 2.0) -> dict:
     """The three FCOS losses of one batch, each divided by the batch's foreground count.
 
     Args:
@@ -411,12 +420,15 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
             ground truth that was checked already (FCOS.forward checks it once per batch).
         sync_foreground: data-parallel training (chapter 09): this batch is one process's slice of
             a global batch; divide by the global batch's count instead (global_foreground_count).
+        focal_gamma: the focal loss's focusing exponent (2: the paper; 0: the alpha-weighted
+            binary cross-entropy).
     Returns:
         dict(loss_cls, loss_box, loss_ctr) of scalar tensors: sums over the batch divided by
         max(1, number of foreground locations in the batch).
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
+    check_focal_gamma(focal_gamma, "focal_gamma")
     if not isinstance(cls_logits, torch.Tensor) or cls_logits.dim() != 3:
         shape = tuple(cls_logits.shape) if isinstance(cls_logits, torch.Tensor) else type(cls_logits).__name__
         raise ValueError(f"cls_logits must be (B, L, C), levels concatenated; got {shape}. "
@@ -446,7 +458,7 @@ def fcos_loss(cls_logits: torch.Tensor, box_deltas: torch.Tensor, ctr_logits: to
 
     # Classes: every location, C yes/no questions each; background = all zeros.
     cls_targets = one_hot_targets(labels, C, check_inputs)  # (B, L, C)
-    loss_cls = torchvision.ops.sigmoid_focal_loss(cls_logits.float(), cls_targets, reduction="sum")
+    loss_cls = torchvision.ops.sigmoid_focal_loss(cls_logits.float(), cls_targets, gamma=focal_gamma, reduction="sum")
 
     # Boxes and centerness: foreground only. Every location is computed and the background ones
     # are multiplied by 0, rather than picked out with pred[foreground]: a boolean mask makes the
@@ -611,7 +623,7 @@ from fcos_lib.backbone import BackboneWithFPN, check_images
 from fcos_lib.checks import check_flag, check_int, check_positive_number
 from fcos_lib.head import FCOSHead
 from fcos_lib.locations import get_fpn_location_coords
-from fcos_lib.losses import BOX_LOSSES, fcos_loss
+from fcos_lib.losses import BOX_LOSSES, check_focal_gamma, fcos_loss
 from fcos_lib.matching import check_gt_boxes
 from fcos_lib.targets import fcos_build_targets, strides_per_location
 
@@ -707,6 +719,7 @@ class FCOS(nn.Module):
         with_p2: add the FPN level p2 (stride 4) below p3, for objects of a few pixels (chapter 10).
         c2_passthrough: give p3 the detail of block1 (stride 4) instead, stacked into c3
             (chapter 01's stack_c2_into_c3; chapter 10). Not together with with_p2.
+        focal_gamma: the classification loss's focusing exponent (2: the paper; chapter 10).
 
     forward(images (B, 3, H, W) float in [0, 1], H and W divisible by 32, gt_boxes (B, N, 5))
         training mode: dict(loss_cls, loss_box, loss_ctr) (gt_boxes required);
@@ -718,7 +731,7 @@ class FCOS(nn.Module):
                  frozen_batchnorm: bool | None = None, use_groupnorm: bool = True,
                  center_sampling_radius: float | None = 1.5, box_loss: str = "giou",
                  box_activation: str = "exp", centerness_on: str = "reg", assigner: str = "fcos",
-                 with_p2: bool = False, c2_passthrough: bool = False):
+                 with_p2: bool = False, c2_passthrough: bool = False, focal_gamma: float = 2.0):
         super().__init__()
         # Every argument first, before the backbone is built (the checks of chapter 01).
         num_classes = check_int(num_classes, "num_classes (the object classes, no background class)")
@@ -734,6 +747,7 @@ class FCOS(nn.Module):
             raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
         if assigner not in ASSIGNERS:
             raise ValueError(f"assigner must be one of {ASSIGNERS}; got {assigner!r}")
+        self.focal_gamma = check_focal_gamma(focal_gamma, "focal_gamma")
         self.num_classes = num_classes
         self.assigner = assigner
         self.center_sampling_radius = center_sampling_radius
@@ -790,7 +804,7 @@ class FCOS(nn.Module):
             targets = fcos_build_targets(locations_per_level, self.strides, gt_boxes.float(),
                                          center_sampling_radius=self.center_sampling_radius, check_inputs=False)
         return fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, self.box_loss,
-                         check_inputs=False, sync_foreground=sync_foreground)
+                         check_inputs=False, sync_foreground=sync_foreground, focal_gamma=self.focal_gamma)
 
 # %% [markdown]
 # Check: a 2-image, non-square 160 x 224 batch. In training mode, three finite scalar losses;

@@ -139,6 +139,7 @@ class TrainConfig:
     assigner: str = "fcos"           # positive locations: "fcos" (chapter 04) or "atss" (chapter 10)
     with_p2: bool = False            # an FPN level p2 at stride 4, for objects of a few pixels (chapter 10)
     c2_passthrough: bool = False     # block1's detail (stride 4) stacked into p3 instead (chapters 01, 10)
+    focal_gamma: float = 2.0         # the classification loss's focusing exponent (chapter 07; 2: the paper)
     # optimisation
     iters: int = 9000
     batch_size: int = 16
@@ -202,6 +203,8 @@ _CONFIG_RULES = {
     "assigner": ("'fcos' or 'atss'", lambda v: v in ("fcos", "atss")),
     "with_p2": ("True or False", lambda v: isinstance(v, bool)),
     "c2_passthrough": ("True or False", lambda v: isinstance(v, bool)),
+    "focal_gamma": ("a finite number >= 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) and v >= 0),
     "scale_jitter": ("None or (lo, hi) with 0 < lo <= hi", lambda v: v is None or (
         len(v) == 2 and all(isinstance(f, (int, float)) and math.isfinite(f) for f in v) and 0 < v[0] <= v[1])),
     "ema_decay": ("None or a number in (0, 1)", lambda v: v is None or (isinstance(v, (int, float)) and 0 < v < 1)),
@@ -849,7 +852,7 @@ def build_model(cfg: TrainConfig, num_classes: int, load_pretrained_weights: boo
         trainable_backbone_layers=cfg.trainable_backbone_layers, frozen_batchnorm=cfg.pretrained_backbone,
         use_groupnorm=cfg.use_groupnorm, center_sampling_radius=cfg.center_sampling_radius, box_loss=cfg.box_loss,
         box_activation=cfg.box_activation, centerness_on=cfg.centerness_on, assigner=cfg.assigner,
-        with_p2=cfg.with_p2, c2_passthrough=cfg.c2_passthrough,
+        with_p2=cfg.with_p2, c2_passthrough=cfg.c2_passthrough, focal_gamma=cfg.focal_gamma,
     )
 
 

@@ -239,6 +239,7 @@ def test_no_flags_is_the_main_job():
     (["--iters", "828"], ["--no-c2-passthrough"], "c2_passthrough", False),
     (["--iters", "828"], ["--p2"], "with_p2", True),
     ([], ["--head-convs", "2"], "num_convs", 2),
+    ([], ["--focal-gamma", "1"], "focal_gamma", 1.0),
     ([], ["--threads", "1"], "num_threads", 1),
     ([], ["--cpu-bf16"], "cpu_bf16", True),
     ([], ["--weight-decay", "0.001"], "weight_decay", 0.001),

@@ -170,6 +170,19 @@ def test_normalised_by_the_batch_foreground_count():
         assert torch.allclose(a, b, rtol=1e-5)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 3.0])
+def test_focal_gamma_reaches_the_classification_loss_only(gamma):
+    cls_logits, box_deltas, ctr_logits, targets, locations, strides = batch_setup(GT)
+    paper = fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides)
+    other = fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, focal_gamma=gamma)
+    onehot = one_hot_targets(targets.matched_boxes[..., 4], cls_logits.shape[-1])
+    num_foreground = (targets.matched_boxes[..., 4] >= 0).sum()
+    expected = sigmoid_focal_loss(cls_logits, onehot, gamma=gamma).sum() / num_foreground
+    assert torch.allclose(other["loss_cls"], expected, rtol=1e-5)
+    assert not torch.allclose(other["loss_cls"], paper["loss_cls"])  # every gamma here differs from the paper's 2
+    assert other["loss_box"] == paper["loss_box"] and other["loss_ctr"] == paper["loss_ctr"]
+
+
 def test_fcos_loss_bad_arguments():
     cls_logits, box_deltas, ctr_logits, targets, locations, strides = batch_setup(GT)
     with pytest.raises(ValueError, match="box_loss must be one of"):
@@ -178,3 +191,6 @@ def test_fcos_loss_bad_arguments():
         fcos_loss(cls_logits, box_deltas[:, :-1], ctr_logits, targets, locations, strides)
     with pytest.raises(ValueError, match="num_classes=3"):
         fcos_loss(cls_logits[..., :3], box_deltas, ctr_logits, targets, locations, strides)
+    for gamma in (-1, float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="focal_gamma must be a finite number >= 0"):
+            fcos_loss(cls_logits, box_deltas, ctr_logits, targets, locations, strides, focal_gamma=gamma)

@@ -59,16 +59,18 @@ def test_the_table_gives_each_optimiser_and_the_ratio(switch):
 
 
 def test_a_later_field_at_its_old_value_leaves_the_digest_alone(switch):
-    # Stored entries were made before TrainConfig.with_p2 and c2_passthrough existed: with them off they
-    # are the same runs.
+    # Stored entries were made before TrainConfig.with_p2, c2_passthrough and focal_gamma existed: with
+    # them off (focal_gamma at the paper's 2) they are the same runs.
     import dataclasses
     import hashlib
 
     from fcos_lib.config import TrainConfig
 
     cfg = TrainConfig(iters=550)
-    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "out", "with_p2", "c2_passthrough")}
+    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "out", "with_p2", "c2_passthrough",
+                                                                                  "focal_gamma")}
     assert switch.config_digest(cfg) == hashlib.sha1(
         json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:12]
     assert switch.config_digest(cfg.replace(with_p2=True)) != switch.config_digest(cfg)
     assert switch.config_digest(cfg.replace(c2_passthrough=True)) != switch.config_digest(cfg)
+    assert switch.config_digest(cfg.replace(focal_gamma=1.0)) != switch.config_digest(cfg)

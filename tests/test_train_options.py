@@ -367,6 +367,17 @@ def test_c2_passthrough_run_rebuilds_from_its_checkpoint(tiny_data, tmp_path):
         TrainConfig(with_p2=True, c2_passthrough=True)
 
 
+def test_focal_gamma_run_rebuilds_from_its_checkpoint(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path, iters=1, focal_gamma=1.0), progress=False)
+    model, state = model_from_checkpoint(tmp_path / "last.pt")
+    assert state["config"]["focal_gamma"] == 1.0 and model.focal_gamma == 1.0
+    old = dataclasses.asdict(TrainConfig())
+    del old["focal_gamma"]  # a checkpoint from before the option: the paper's 2
+    assert config_differences(old, TrainConfig(focal_gamma=1.0)) == {"focal_gamma": (2.0, 1.0)}
+    with pytest.raises(ValueError, match=r"TrainConfig\.focal_gamma must be a finite number >= 0, got -0.5"):
+        TrainConfig(focal_gamma=-0.5)
+
+
 def test_model_rejects_unknown_options():
     with pytest.raises(ValueError, match="box_activation"):
         FCOS(3, fpn_channels=16, num_convs=1, box_activation="tanh")
